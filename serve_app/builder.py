@@ -1,0 +1,57 @@
+"""The one builder of the cascade's Ray Serve graph; `configs/*.yaml` point `import_path` here.
+
+Ingress ─┬─ SemanticCache   (Qdrant: embedded Edge shard or a Qdrant server)
+         ├─ Router          (classifier checkpoint, or the heuristic)
+         ├─ llm-small       (Ray Serve LLM LLMServer over vLLM)
+         └─ llm-large       (Ray Serve LLM LLMServer over vLLM)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.deployment import Application
+
+from serve_app.config import CascadeConfig
+from serve_app.ingress import CascadeIngress
+from serve_app.llm_tiers import build_tier_deployment
+from serve_app.router import Router
+from serve_app.semantic_cache import SemanticCache
+
+# Small components need little CPU; on a 2-core box the LLM tiers must still be schedulable.
+_LIGHT_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.1},
+}
+
+
+def _options(overrides: dict[str, Any]) -> dict[str, Any]:
+    options = {**_LIGHT_DEPLOYMENT_DEFAULTS, **overrides}
+    if "autoscaling_config" in overrides:
+        options.pop("num_replicas", None)
+    return options
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate the `args:` block of a Serve config and bind the full cascade graph."""
+    config = CascadeConfig.model_validate(args)
+    small = build_tier_deployment("small", config.tiers["small"])
+    large = build_tier_deployment("large", config.tiers["large"])
+    router = serve.deployment(Router, name="router", **_options(config.router.deployment_config))
+    cache = None
+    if config.cache.enabled:
+        cache_deployment = serve.deployment(
+            SemanticCache, name="semantic-cache", **_options(config.cache.deployment_config)
+        )
+        cache = cache_deployment.bind(config.cache.model_dump())
+    ingress = serve.deployment(
+        CascadeIngress, name="ingress", **_options(config.ingress.deployment_config)
+    )
+    return ingress.bind(
+        config.model_dump(),
+        small=small,
+        large=large,
+        router=router.bind(config.router.model_dump()),
+        cache=cache,
+    )

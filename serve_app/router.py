@@ -1,0 +1,356 @@
+"""Complexity router: scores P(request needs the large tier) and picks a tier by threshold.
+
+`Router` is a plain class; the builder wraps it in `serve.deployment`. A scorer is anything
+with `score_batch(texts) -> list[float]`: a fine-tuned HF sequence classifier when a checkpoint
+is configured, else (or when that checkpoint cannot be loaded) a deterministic heuristic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from serve_app.config import RouterConfig, TierName
+
+logger = logging.getLogger(__name__)
+
+ScorerName = Literal["classifier", "heuristic"]
+ROUTER_CARD_FILE = "router_card.json"
+# A system prompt longer than this is boilerplate (persona, tool specs), not a hint about the
+# difficulty of the question, and would push the user's words out of the classifier's window.
+SYSTEM_PROMPT_MAX_WORDS = 64
+
+# What loading a bad checkpoint raises in transformers/torch/safetensors (missing files,
+# unknown architecture, wrong shapes, unreadable card); anything else is a bug and propagates.
+_CHECKPOINT_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+)
+
+
+class Scorer(Protocol):
+    """Estimates, per text, the probability that the small tier is not good enough."""
+
+    def score_batch(self, texts: list[str]) -> list[float]: ...
+
+
+def _markers(*phrases: str) -> re.Pattern[str]:
+    return re.compile(r"\b(?:" + "|".join(phrases) + r")\b", re.IGNORECASE)
+
+
+_REASONING = _markers(
+    r"prove",
+    r"proof",
+    r"derive",
+    r"derivation",
+    r"show that",
+    r"step[- ]by[- ]step",
+    r"explain why",
+    r"justify",
+    r"implement\w*",
+    r"algorithms?",
+    r"calculate",
+    r"compute",
+    r"solve",
+    r"evaluate",
+    r"optimi[sz]e",
+    r"complexity",
+    r"determine",
+    r"how many",
+    r"find the",
+    r"if and only if",
+    r"implies",
+    r"valid",
+    r"statement 1",
+)
+_MATH_VOCAB = _markers(
+    r"equations?",
+    r"integrals?",
+    r"derivatives?",
+    r"polynomials?",
+    r"matri(?:x|ces)",
+    r"probability",
+    r"theorem",
+    r"integers?",
+    r"primes?",
+    r"modulo",
+    r"logarithm",
+    r"eigen\w*",
+    r"vectors?",
+    r"functions?",
+    r"groups?",
+    r"rings?",
+    r"subgroups?",
+    r"variance",
+    r"regression",
+    r"velocity",
+    r"acceleration",
+    r"molar",
+    r"mass",
+)
+_CHIT_CHAT = _markers(
+    r"hi",
+    r"hello",
+    r"hey",
+    r"thanks",
+    r"thank you",
+    r"good (?:morning|afternoon|evening)",
+    r"how are you",
+    r"what is the capital",
+    r"who (?:is|was|wrote)",
+    r"translate",
+    r"define",
+    r"synonym",
+    r"spell",
+    r"joke",
+)
+_CODE = re.compile(
+    r"```|^\s*(?:def|class|import|return|#include|public|function)\b|[;{}]\s*$",
+    re.MULTILINE,
+)
+# "3x + 2 = 11", "2+2", "x^2", "n!": arithmetic between numbers/variables.
+_EQUATION = re.compile(r"[\w)]\s*[-+*/^=<>≤≥×÷]\s*[\w(]|[∑∫√∂π∞≡⊃∨∧¬→↔]|\\frac|\\sum|\$")
+_NUMBERED_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class HeuristicWeights:
+    """Logit contributions of the heuristic's signals; positive means "needs the large tier"."""
+
+    bias: float = -1.0
+    log2_length: float = 0.45
+    """Per doubling of the word count above `reference_words` (halving: the negative)."""
+    reference_words: float = 40.0
+    reasoning_marker: float = 0.9
+    math_vocab: float = 0.35
+    equation: float = 0.35
+    digit_density: float = 6.0
+    """Per unit of digits/non-space characters: numeric problems are harder than prose."""
+    code: float = 1.5
+    extra_question: float = 0.5
+    numbered_item: float = 0.3
+    chit_chat: float = -1.5
+    marker_cap: int = 3
+    """Counts above this add nothing: repetition is not extra difficulty."""
+
+
+class HeuristicScorer:
+    """Deterministic, model-free estimate of P(needs the large tier).
+
+    Each text gets a logit: a negative bias, plus
+    - length: `log2(words / reference_words)`, clamped to [-3, 3] (long prompts are harder,
+      one-liners easier);
+    - reasoning markers ("prove", "derive", "step by step", "explain why", "implement",
+      "algorithm", "calculate", "find the", "how many", ...), counted up to `marker_cap`;
+    - math vocabulary ("equation", "integral", "probability", "group", ...) and
+      equation-looking spans ("3x + 2 = 11", "x^2", LaTeX, logic symbols), each capped;
+    - digit density (digits per non-space character): numeric problems are hard for small
+      models;
+    - code (fences, `def`/`class`/`#include` lines, lines ending in `;` `{` `}`);
+    - multi-part requests: extra question marks and numbered/bulleted items;
+    - chit-chat and simple look-ups ("hi", "thanks", "what is the capital", "translate",
+      "define", ...) pushing the logit down.
+    The logit goes through the logistic function, so the score lies in (0, 1) and 0.5 is the
+    point where the signals for and against the large tier balance.
+    """
+
+    def __init__(self, weights: HeuristicWeights | None = None) -> None:
+        self.weights = weights or HeuristicWeights()
+
+    def score_batch(self, texts: list[str]) -> list[float]:
+        return [_logistic(self.logit(text)) for text in texts]
+
+    def logit(self, text: str) -> float:
+        w = self.weights
+        cap = w.marker_cap
+        words = max(len(text.split()), 1)
+        non_space_chars = max(sum(not c.isspace() for c in text), 1)
+        digits = sum(c.isdigit() for c in text)
+        length = max(-3.0, min(3.0, math.log2(words / w.reference_words)))
+        return (
+            w.bias
+            + w.log2_length * length
+            + w.reasoning_marker * min(len(_REASONING.findall(text)), cap)
+            + w.math_vocab * min(len(_MATH_VOCAB.findall(text)), cap)
+            + w.equation * min(len(_EQUATION.findall(text)), cap)
+            + w.digit_density * digits / non_space_chars
+            + w.code * bool(_CODE.search(text))
+            + w.extra_question * min(max(text.count("?") - 1, 0), cap)
+            + w.numbered_item * min(len(_NUMBERED_ITEM.findall(text)), cap)
+            + w.chit_chat * min(len(_CHIT_CHAT.findall(text)), 2)
+        )
+
+
+def _logistic(logit: float) -> float:
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
+class ClassifierScorer:
+    """A fine-tuned HF sequence classifier on CPU; label 1 means "needs the large tier".
+
+    If the checkpoint directory holds a `router_card.json` with a "threshold", the threshold
+    calibrated at training time is exposed as `self.threshold` (else None).
+    """
+
+    def __init__(self, checkpoint_dir: str | Path, max_length: int) -> None:
+        # Imported here so the heuristic router works (and imports fast) without torch.
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self._torch = torch
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.max_length = max_length
+        self.threshold = _card_threshold(self.checkpoint_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.checkpoint_dir)
+        self.model.eval()
+        num_labels = self.model.config.num_labels
+        if num_labels not in (1, 2):
+            raise ValueError(
+                f"{self.checkpoint_dir} has {num_labels} labels; a router needs 1 or 2"
+            )
+
+    def score_batch(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        torch = self._torch
+        inputs = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits
+        if logits.shape[-1] == 1:
+            probs = torch.sigmoid(logits[:, 0])
+        else:
+            probs = torch.softmax(logits, dim=-1)[:, 1]
+        return [float(p) for p in probs]
+
+
+def _card_threshold(checkpoint_dir: Path) -> float | None:
+    card_path = checkpoint_dir / ROUTER_CARD_FILE
+    if not card_path.is_file():
+        return None
+    card = json.loads(card_path.read_text())
+    if "threshold" not in card:
+        return None
+    threshold = float(card["threshold"])
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{card_path}: threshold must be in [0, 1], got {threshold}")
+    return threshold
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    tier: TierName
+    score: float
+    scorer: ScorerName
+    threshold: float
+    latency_ms: float
+
+
+class Router:
+    """Routes a request to the large tier when its score reaches the threshold.
+
+    A configured checkpoint that fails to load does not fail the deployment: the router falls
+    back to the heuristic and says why in `fallback_reason`.
+    """
+
+    def __init__(self, config: RouterConfig | dict[str, Any]) -> None:
+        self.fallback_reason: str | None = None
+        self._apply(RouterConfig.model_validate(config))
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve `user_config` hook: validate, load the new scorer, then swap it in.
+
+        Keys not in `user_config` keep their current values, so `{"checkpoint": ...}` alone
+        swaps the model. The checkpoint is always reloaded: a retrained router is usually
+        exported over the old directory.
+        """
+        self._apply(RouterConfig.model_validate({**self.config.model_dump(), **user_config}))
+
+    def _apply(self, config: RouterConfig) -> None:
+        scorer, scorer_name, card_threshold, fallback_reason = _build_scorer(config)
+        threshold = card_threshold if card_threshold is not None else config.threshold
+        # Swap in one step so in-flight requests never see a half-updated router.
+        self.config, self.scorer, self.scorer_name = config, scorer, scorer_name
+        self.threshold, self.fallback_reason = threshold, fallback_reason
+        logger.info(
+            "Router uses the %s scorer at threshold %s (from the %s)",
+            scorer_name,
+            threshold,
+            "router card" if card_threshold is not None else "config",
+        )
+
+    async def route(self, text: str) -> RouteDecision:
+        scorer, scorer_name, threshold = self.scorer, self.scorer_name, self.threshold
+        start_s = time.perf_counter()
+        # A classifier forward pass takes milliseconds of CPU; keep the event loop serving.
+        (score,) = await asyncio.to_thread(scorer.score_batch, [text])
+        latency_ms = (time.perf_counter() - start_s) * 1000.0
+        tier: TierName = "large" if score >= threshold else "small"
+        return RouteDecision(tier, score, scorer_name, threshold, latency_ms)
+
+    def check_health(self) -> None:
+        """Always healthy once constructed: a broken checkpoint already fell back."""
+
+
+def _build_scorer(config: RouterConfig) -> tuple[Scorer, ScorerName, float | None, str | None]:
+    """Return (scorer, its name, the router card's threshold, why the classifier was skipped)."""
+    if config.checkpoint is None:
+        return HeuristicScorer(), "heuristic", None, None
+    try:
+        classifier = ClassifierScorer(config.checkpoint, config.max_length)
+    except _CHECKPOINT_LOAD_ERRORS as e:
+        reason = f"cannot load router checkpoint {config.checkpoint!r}: {type(e).__name__}: {e}"
+        logger.warning("Falling back to the heuristic router: %s", reason)
+        return HeuristicScorer(), "heuristic", None, reason
+    return classifier, "classifier", classifier.threshold, None
+
+
+def routing_text(body: dict[str, Any], kind: Literal["chat", "completion"]) -> str:
+    """The text the router scores: the last user turn of a chat, or the completion prompt."""
+    if kind == "chat":
+        return _chat_routing_text(body.get("messages") or [])
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt else ""
+    # Token-id prompts carry no text to score; the router then sees an empty (easy) request.
+    return prompt if isinstance(prompt, str) else ""
+
+
+def _chat_routing_text(messages: list[dict[str, Any]]) -> str:
+    user_turn = next(
+        (_content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"),
+        "",
+    )
+    system = next(
+        (_content_text(m.get("content")) for m in messages if m.get("role") == "system"), ""
+    )
+    if system and len(system.split()) <= SYSTEM_PROMPT_MAX_WORDS:
+        return f"{system}\n\n{user_turn}"
+    return user_turn
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and "text" in part
+        )
+    return ""

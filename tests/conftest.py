@@ -1,0 +1,49 @@
+"""Shared fixtures: one real local cascade (Ray Serve + two vLLM CPU tiers) per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app import local_stack
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
+TIER_MODELS = ["cascade-small", "cascade-large"]
+STARTUP_TIMEOUT_S = float(os.environ.get("CASCADE_STARTUP_TIMEOUT_S", "900"))
+
+
+@pytest.fixture(scope="session")
+def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start `serve run configs/local.yaml` once; every API test talks to it over HTTP."""
+    log_path = tmp_path_factory.mktemp("stack") / "serve_run.log"
+    local_stack.reap_engine_processes()
+    process = local_stack.start(str(LOCAL_CONFIG), log_path)
+    try:
+        seconds = local_stack.wait_ready(
+            process, local_stack.DEFAULT_URL, TIER_MODELS, STARTUP_TIMEOUT_S
+        )
+        print(f"\nlocal cascade ready in {seconds:.0f} s")
+    except (RuntimeError, TimeoutError):
+        local_stack.stop(process)
+        print(log_path.read_text(errors="replace")[-20000:])
+        raise
+    yield local_stack.DEFAULT_URL
+    local_stack.stop(process)
+
+
+@pytest.fixture(scope="session")
+def http(cascade_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=cascade_url, timeout=180) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def openai_client(cascade_url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{cascade_url}/v1", api_key="test-key", max_retries=0, timeout=180)
