@@ -18,6 +18,7 @@ from serve_app.openai_protocol import (
     StreamAccumulator,
     engine_body,
     parse_sse_event,
+    sse_event,
     without_engine_nulls,
 )
 
@@ -75,17 +76,20 @@ class TierStream:
         self._accumulator = accumulator
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+        """Each SSE event (vLLM's null extensions dropped) with its decoded payload."""
         for event in _split_events(self._first):
-            yield event, self._observe(event)
+            yield self._observe(event)
         async for item in self._rest:
             for event in _split_events(item):
-                yield event, self._observe(event)
+                yield self._observe(event)
 
-    def _observe(self, event: str) -> dict[str, Any] | None:
+    def _observe(self, event: str) -> tuple[str, dict[str, Any] | None]:
         payload = parse_sse_event(event)
-        if payload is not None:
-            self._accumulator.observe(payload)
-        return payload
+        if payload is None:
+            return event, None
+        self._accumulator.observe(payload)
+        payload = without_engine_nulls(payload)
+        return sse_event(payload), payload
 
     def answer(self) -> Answer:
         return self._accumulator.answer()

@@ -19,7 +19,13 @@ STARTUP_TIMEOUT_S = float(os.environ.get("CASCADE_STARTUP_TIMEOUT_S", "900"))
 
 @pytest.fixture(scope="session")
 def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start `serve run configs/local.yaml` once; every API test talks to it over HTTP."""
+    """Start `serve run configs/local.yaml` once; every API test talks to it over HTTP.
+
+    Set CASCADE_URL to test a stack that is already running (e.g. `make run` in another shell).
+    """
+    if os.environ.get("CASCADE_URL"):
+        yield os.environ["CASCADE_URL"]
+        return
     log_path = tmp_path_factory.mktemp("stack") / "serve_run.log"
     local_stack.reap_engine_processes()
     process = local_stack.start(str(LOCAL_CONFIG), log_path)
