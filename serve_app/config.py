@@ -88,12 +88,14 @@ class CacheConfig(StrictModel):
     similarity_threshold: float = Field(
         default=0.92, gt=0, le=1, description="Minimum cosine similarity for a semantic hit."
     )
+    verify_candidates: bool = Field(
+        default=True,
+        description="Reject a semantic match whose question differs from the query in "
+        "numbers, negation, polarity words, entities or word order (serve_app.near_miss_guard).",
+    )
     ttl_s: float = Field(default=24 * 3600, gt=0, description="Lifetime of a cached answer.")
     cache_nondeterministic: bool = Field(
         default=False, description="Also cache requests with temperature > 0."
-    )
-    lookup_cost_usd: float = Field(
-        default=1e-7, ge=0, description="Cost charged for a cache hit (embedding + lookup)."
     )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 
@@ -128,7 +130,10 @@ class IngressConfig(StrictModel):
     )
     request_timeout_s: float = Field(default=120.0, gt=0)
     cpu_usd_per_hour: float = Field(
-        default=0.05, ge=0, description="Price of a CPU core, for cache-hit and router cost."
+        default=0.05,
+        ge=0,
+        description="Price of a CPU core-hour: cache lookups and routing are charged their "
+        "measured latency at this price.",
     )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.cache_keys import CacheKey, cache_key_for_request
 from serve_app.config import TIER_NAMES, CascadeConfig, TierName
-from serve_app.cost_model import TierPrice
+from serve_app.cost_model import RequestCost, TierPrice, cpu_usd
 from serve_app.errors import (
     CascadeError,
     InvalidRequestError,
@@ -131,7 +131,7 @@ class CascadeIngress:
     async def _handle(self, request: Request, kind: RequestKind) -> Response:
         body = parse_request_body(await request.body(), kind)
         pinned_tier = self._pinned_tier(body["model"])
-        trace = RequestTrace(pinned=pinned_tier is not None)
+        trace = RequestTrace(pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]))
         cache_key = self._cache_key(body, kind, tenant_from_headers(request.headers))
         lookup, decision = await asyncio.gather(
             self._lookup(cache_key, trace), self._route(body, kind, pinned_tier, trace)
@@ -173,13 +173,16 @@ class CascadeIngress:
             trace.cache = "bypass"
             return None
         result = await self.cache.lookup.remote(key)
-        if result.answer is None:
+        stored = result.answer
+        if stored is None:
             trace.cache = "error" if result.kind == "error" else "miss"
+            trace.cost.charge_cache_lookup(self._cpu_usd(result.latency_ms))
             return None
         trace.cache = "hit"
-        trace.tier = result.answer.tier
-        trace.cost_usd = self.config.cache.lookup_cost_usd
-        stored = result.answer
+        trace.tier = stored.tier
+        trace.cost.charge_cache_hit(
+            self._cpu_usd(result.latency_ms), stored.prompt_tokens, stored.completion_tokens
+        )
         return Answer(
             text=stored.answer_text,
             finish_reason=stored.finish_reason,
@@ -196,7 +199,12 @@ class CascadeIngress:
         decision = await self.router.route.remote(routing_text(body, kind))
         trace.routed_to = decision.tier
         trace.route_score = decision.score
+        trace.cost.charge_router(self._cpu_usd(decision.latency_ms))
         return decision.tier
+
+    def _cpu_usd(self, latency_ms: float) -> float:
+        """Price of CPU work (cache lookup, routing) at the configured CPU core price."""
+        return cpu_usd(self.config.ingress.cpu_usd_per_hour, latency_ms / 1000)
 
     def _cached_response(
         self, answer: Answer, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
@@ -241,14 +249,15 @@ class CascadeIngress:
         self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, reason: str
     ) -> tuple[dict[str, Any], Answer]:
         trace.escalate(reason)
-        trace.tier = "large"
         response = await self.tiers["large"].complete(body, kind)
         answer = answer_from_response(response, kind)
         self._charge(trace, "large", answer)
         return response, answer
 
     def _charge(self, trace: RequestTrace, tier: TierName, answer: Answer) -> None:
-        trace.charge_tier(tier, self.prices[tier], answer.prompt_tokens, answer.completion_tokens)
+        trace.cost.charge_tier(
+            tier, self.prices[tier], answer.prompt_tokens, answer.completion_tokens
+        )
 
     async def _store(self, key: CacheKey | None, answer: Answer, trace: RequestTrace) -> None:
         if key is None or self.cache is None or trace.tier is None:

@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from serve_app.config import TierName
-from serve_app.cost_model import TierPrice
+from serve_app.cost_model import RequestCost
 
 
 @dataclass
 class RequestTrace:
     pinned: bool
+    cost: RequestCost
     tier: TierName | None = None
     routed_to: TierName | None = None
     route_score: float | None = None
     cache: str = "miss"  # hit / miss / bypass / error
     escalated: bool = False
     escalation_reason: str | None = None
-    cost_usd: float = 0.0
-    tokens_by_tier: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    def charge_tier(self, tier: TierName, price: TierPrice, prompt: int, completion: int) -> None:
-        """Add one tier's tokens; an escalated request pays for both tiers it touched."""
-        previous = self.tokens_by_tier.get(tier, (0, 0))
-        self.tokens_by_tier[tier] = (previous[0] + prompt, previous[1] + completion)
-        self.cost_usd += price.cost_usd(prompt, completion)
 
     def escalate(self, reason: str) -> None:
         self.escalated = True
         self.escalation_reason = reason
+        self.tier = "large"
 
     def headers(self) -> dict[str, str]:
         headers = {
             "x-cascade-tier": self.tier or "none",
             "x-cascade-cache": self.cache,
             "x-cascade-escalated": "true" if self.escalated else "false",
-            "x-cascade-cost-usd": f"{self.cost_usd:.10f}",
+            "x-cascade-cost-usd": f"{self.cost.total_usd:.10f}",
             "x-cascade-route": "pinned" if self.pinned else (self.routed_to or "none"),
         }
         if self.route_score is not None:

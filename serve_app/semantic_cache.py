@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from serve_app.cache_keys import CacheKey
 from serve_app.cache_store import CacheError, CacheStore, StoredAnswer, make_cache_store
 from serve_app.config import CacheConfig
+from serve_app.near_miss_guard import rejection_reason
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,14 @@ class SemanticCache:
             threshold=self._config.similarity_threshold,
             now_s=now_s,
         )
-        return (similar, "semantic") if similar is not None else (None, "miss")
+        if similar is None:
+            return None, "miss"
+        if self._config.verify_candidates:
+            reason = rejection_reason(key.query_text, similar.query_text)
+            if reason is not None:
+                self._counts[f"rejected_{reason}"] += 1
+                return None, "miss"
+        return similar, "semantic"
 
     def _finish_lookup(
         self, answer: StoredAnswer | None, kind: LookupKind, started_s: float
