@@ -56,6 +56,10 @@ class CacheKey:
     """Hash of the partition plus the exact last user turn: identical requests share it."""
     query_text: str
     """The last user turn (the prompt for completions); what gets embedded."""
+    tenant: str = ""
+    """Stored beside the entry so an operator can invalidate one tenant's answers."""
+    model: str = ""
+    """Stored beside the entry so an operator can invalidate one model's answers."""
 
 
 def cache_key_for_request(
@@ -65,6 +69,7 @@ def cache_key_for_request(
     tenant: str,
     model: str,
     cache_nondeterministic: bool,
+    epoch: int = 0,
 ) -> CacheKey | None:
     """The cache key of an OpenAI chat/completions request body, or None if not cacheable."""
     if not _is_cacheable(body, kind=kind, cache_nondeterministic=cache_nondeterministic):
@@ -76,6 +81,7 @@ def cache_key_for_request(
     partition = _sha256(
         {
             "v": _KEY_VERSION,
+            "epoch": epoch,
             "tenant": tenant,
             "model": model,
             "kind": kind,
@@ -84,7 +90,9 @@ def cache_key_for_request(
         }
     )
     exact_key = _sha256({"partition": partition, "query": query_text})
-    return CacheKey(partition=partition, exact_key=exact_key, query_text=query_text)
+    return CacheKey(
+        partition=partition, exact_key=exact_key, query_text=query_text, tenant=tenant, model=model
+    )
 
 
 def _is_cacheable(

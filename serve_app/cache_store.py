@@ -45,6 +45,8 @@ class StoredAnswer:
     partition: str
     exact_key: str
     query_text: str
+    tenant: str
+    model: str
     answer_text: str
     finish_reason: str
     prompt_tokens: int
@@ -80,6 +82,10 @@ class CacheStore(Protocol):
         ...
 
     def upsert(self, vector: list[float], entry: StoredAnswer) -> None: ...
+
+    def delete_matching(self, *, tenant: str | None, model: str | None) -> int:
+        """Delete the entries of one tenant and/or one model (all when both are None)."""
+        ...
 
     def purge_expired(self, now_s: float) -> int:
         """Delete expired entries; returns how many were deleted."""
@@ -148,6 +154,8 @@ class EdgeCacheStore:
         indexes = {
             "partition": qe.KeywordIndexParams(is_tenant=True),
             "exact_key": qe.KeywordIndexParams(),
+            "tenant": qe.KeywordIndexParams(),
+            "model": qe.KeywordIndexParams(),
             "expires_at_s": qe.FloatIndexParams(),
         }
         for field, params in indexes.items():
@@ -199,14 +207,31 @@ class EdgeCacheStore:
     @_store_errors
     def purge_expired(self, now_s: float) -> int:
         qe = self._qe
-        expired = qe.Filter(
-            must=[qe.FieldCondition("expires_at_s", range=qe.RangeFloat(lte=now_s))]
+        return self._delete_where(
+            qe.Filter(must=[qe.FieldCondition("expires_at_s", range=qe.RangeFloat(lte=now_s))])
         )
+
+    @_store_errors
+    def delete_matching(self, *, tenant: str | None, model: str | None) -> int:
+        qe = self._qe
+        fields = {"tenant": tenant, "model": model}
+        return self._delete_where(
+            qe.Filter(
+                must=[
+                    qe.FieldCondition(name, match=qe.MatchValue(value))
+                    for name, value in fields.items()
+                    if value is not None
+                ]
+            )
+        )
+
+    def _delete_where(self, condition: Any) -> int:
+        qe = self._qe
         with self._lock:
             shard = _ensure_open(self._shard)
-            deleted = shard.count(qe.CountRequest(exact=True, filter=expired))
+            deleted = shard.count(qe.CountRequest(exact=True, filter=condition))
             if deleted:
-                shard.update(qe.UpdateOperation.delete_points_by_filter(expired))
+                shard.update(qe.UpdateOperation.delete_points_by_filter(condition))
         # No shard.optimize() here: building HNSW over 20k points took 27 s on 2 cores while
         # holding the lock, and unoptimised filtered search was still ~1.4 ms at that size.
         return int(deleted)
@@ -294,6 +319,8 @@ class QdrantServerCacheStore:
                 type=models.KeywordIndexType.KEYWORD, is_tenant=True
             ),
             "exact_key": models.PayloadSchemaType.KEYWORD,
+            "tenant": models.PayloadSchemaType.KEYWORD,
+            "model": models.PayloadSchemaType.KEYWORD,
             "expires_at_s": models.PayloadSchemaType.FLOAT,
         }
         for field, schema in indexes.items():
@@ -345,15 +372,34 @@ class QdrantServerCacheStore:
     @_store_errors
     def purge_expired(self, now_s: float) -> int:
         models = self._models
-        expired = models.Filter(
-            must=[models.FieldCondition(key="expires_at_s", range=models.Range(lte=now_s))]
+        return self._delete_where(
+            models.Filter(
+                must=[models.FieldCondition(key="expires_at_s", range=models.Range(lte=now_s))]
+            )
         )
+
+    @_store_errors
+    def delete_matching(self, *, tenant: str | None, model: str | None) -> int:
+        models = self._models
+        fields = {"tenant": tenant, "model": model}
+        return self._delete_where(
+            models.Filter(
+                must=[
+                    models.FieldCondition(key=name, match=models.MatchValue(value=value))
+                    for name, value in fields.items()
+                    if value is not None
+                ]
+            )
+        )
+
+    def _delete_where(self, condition: Any) -> int:
+        models = self._models
         with self._lock:
             client = _ensure_open(self._client)
-            deleted = client.count(self._collection, count_filter=expired, exact=True).count
+            deleted = client.count(self._collection, count_filter=condition, exact=True).count
             if deleted:
                 client.delete(
-                    self._collection, points_selector=models.FilterSelector(filter=expired)
+                    self._collection, points_selector=models.FilterSelector(filter=condition)
                 )
         return int(deleted)
 

@@ -94,6 +94,17 @@ class CacheConfig(StrictModel):
         "numbers, negation, polarity words, entities or word order (serve_app.near_miss_guard).",
     )
     ttl_s: float = Field(default=24 * 3600, gt=0, description="Lifetime of a cached answer.")
+    epoch: int = Field(
+        default=0,
+        ge=0,
+        description="Part of every partition key: bump it (serve deploy) to invalidate every "
+        "cached answer at once, on all replicas; old entries expire by TTL.",
+    )
+    lookup_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Budget of a lookup; a slower or failing cache is bypassed (fail open).",
+    )
     cache_nondeterministic: bool = Field(
         default=False, description="Also cache requests with temperature > 0."
     )
@@ -129,6 +140,11 @@ class IngressConfig(StrictModel):
         default="cascade", description="Model name that asks for routing by the cascade."
     )
     request_timeout_s: float = Field(default=120.0, gt=0)
+    admin_token_env: str | None = Field(
+        default="CASCADE_ADMIN_TOKEN",
+        description="Environment variable holding the bearer token of the admin API "
+        "(/admin/*); the admin API is disabled while it is unset or empty.",
+    )
     cpu_usd_per_hour: float = Field(
         default=0.05,
         ge=0,

@@ -39,6 +39,11 @@ class ModelNotFoundError(CascadeError):
         )
 
 
+class AdminAuthError(CascadeError):
+    status_code = 403
+    error_type = "permission_error"
+
+
 class TierUnavailableError(CascadeError):
     """No tier could produce an answer (after any fallback)."""
 

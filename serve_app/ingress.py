@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,23 +20,28 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.cache_keys import CacheKey, cache_key_for_request
+from serve_app.cache_client import CacheClient, CacheTicket
 from serve_app.config import TIER_NAMES, CascadeConfig, TierName
 from serve_app.cost_model import RequestCost, TierPrice, cpu_usd
 from serve_app.errors import (
+    AdminAuthError,
     CascadeError,
     InvalidRequestError,
     ModelNotFoundError,
+    RequestTimeoutError,
     openai_error_body,
 )
+from serve_app.metrics import IngressMetrics
 from serve_app.openai_protocol import (
     Answer,
     RequestKind,
     answer_from_response,
     client_wants_usage_chunk,
+    parse_json_object,
     parse_request_body,
     replay_as_sse,
     response_json,
+    validate_request,
 )
 from serve_app.quality_check import QualityGate
 from serve_app.request_trace import RequestTrace
@@ -96,7 +103,10 @@ class CascadeIngress:
             "large": TierClient(large, self.config.tiers["large"].model_id),
         }
         self.router = router
-        self.cache = cache if self.config.cache.enabled else None
+        self.metrics = IngressMetrics.create()
+        self.cache = None
+        if cache is not None and self.config.cache.enabled:
+            self.cache = CacheClient(cache, self.config.cache, self.metrics)
         self.gate = QualityGate(self.config.quality)
         self.prices = {
             name: TierPrice.from_config(self.config.tiers[name].cost) for name in TIER_NAMES
@@ -126,26 +136,89 @@ class CascadeIngress:
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @fastapi_app.post("/v1/route")
+    async def route(self, request: Request) -> dict[str, Any]:
+        """The router's decision for a chat or completion request, without generating."""
+        body = parse_json_object(await request.body())
+        kind: RequestKind = "chat" if "messages" in body else "completion"
+        body = validate_request(body, kind)
+        decision = await self.router.route.remote(routing_text(body, kind))
+        return {
+            "tier": decision.tier,
+            "model": self.config.tiers[decision.tier].model_id,
+            "score": decision.score,
+            "threshold": decision.threshold,
+            "scorer": decision.scorer,
+            "latency_ms": decision.latency_ms,
+        }
+
+    @fastapi_app.post("/admin/cache/invalidate")
+    async def invalidate_cache(self, request: Request) -> dict[str, Any]:
+        """Delete cached answers of one tenant (by its API key) and/or one model, or all."""
+        self._authorize_admin(request)
+        body = parse_json_object(await request.body() or b"{}")
+        unknown = set(body) - {"tenant_api_key", "model"}
+        if unknown:
+            raise InvalidRequestError(f"Unknown fields: {sorted(unknown)}", param=min(unknown))
+        if self.cache is None:
+            return {"deleted": 0}
+        tenant = None
+        if body.get("tenant_api_key"):
+            tenant = tenant_from_headers({"authorization": f"Bearer {body['tenant_api_key']}"})
+        deleted = await self.cache.invalidate(tenant=tenant, model=body.get("model"))
+        return {"deleted": deleted}
+
+    def _authorize_admin(self, request: Request) -> None:
+        expected = os.environ.get(self.config.ingress.admin_token_env or "", "")
+        if not expected:
+            raise AdminAuthError("The admin API is disabled: no admin token is configured.")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AdminAuthError("Invalid admin token.")
+
     # ---- request path ------------------------------------------------------------------
 
     async def _handle(self, request: Request, kind: RequestKind) -> Response:
+        try:
+            return await self._answer_request(request, kind)
+        except CascadeError as error:
+            self.metrics.errors.inc(tags={"status": str(error.status_code)})
+            raise
+
+    async def _answer_request(self, request: Request, kind: RequestKind) -> Response:
+        started_s = time.perf_counter()
         body = parse_request_body(await request.body(), kind)
         pinned_tier = self._pinned_tier(body["model"])
         trace = RequestTrace(pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]))
-        cache_key = self._cache_key(body, kind, tenant_from_headers(request.headers))
+        ticket = None
+        if self.cache is not None:
+            tenant = tenant_from_headers(request.headers)
+            ticket = self.cache.ticket(body, kind, tenant=tenant, headers=request.headers)
         lookup, decision = await asyncio.gather(
-            self._lookup(cache_key, trace), self._route(body, kind, pinned_tier, trace)
+            self._lookup(ticket, trace), self._route(body, kind, pinned_tier, trace)
         )
         if lookup is not None:
+            self._record(trace, started_s, streamed=bool(body.get("stream")))
             return self._cached_response(lookup, body, kind, trace)
         trace.tier = decision
         try:
             async with asyncio.timeout(self.config.ingress.request_timeout_s):
                 if body.get("stream"):
-                    return await self._stream(body, kind, trace, cache_key)
-                return await self._complete(body, kind, trace, cache_key)
+                    return await self._stream(body, kind, trace, ticket, started_s)
+                response = await self._complete(body, kind, trace, ticket)
         except TimeoutError as e:
-            raise CascadeError("The request timed out.", code="timeout") from e
+            raise RequestTimeoutError(
+                f"The request did not finish within {self.config.ingress.request_timeout_s} s."
+            ) from e
+        self._record(trace, started_s)
+        return response
+
+    def _record(self, trace: RequestTrace, started_s: float, *, streamed: bool = False) -> None:
+        """Count a finished request; a replayed stream's first token comes at the very end."""
+        latency_s = time.perf_counter() - started_s
+        self.metrics.record(trace, latency_s)
+        if streamed:
+            self.metrics.observe_ttft(trace, latency_s)
 
     def _pinned_tier(self, model: str) -> TierName | None:
         if model == self.config.ingress.cascade_model_id:
@@ -157,22 +230,14 @@ class CascadeIngress:
             raise ModelNotFoundError(model, available)
         return tier
 
-    def _cache_key(self, body: dict[str, Any], kind: RequestKind, tenant: str) -> CacheKey | None:
-        if self.cache is None:
-            return None
-        return cache_key_for_request(
-            body,
-            kind=kind,
-            tenant=tenant,
-            model=body["model"],
-            cache_nondeterministic=self.config.cache.cache_nondeterministic,
-        )
-
-    async def _lookup(self, key: CacheKey | None, trace: RequestTrace) -> Answer | None:
-        if key is None or self.cache is None:
+    async def _lookup(self, ticket: CacheTicket | None, trace: RequestTrace) -> Answer | None:
+        if ticket is None or self.cache is None:
             trace.cache = "bypass"
             return None
-        result = await self.cache.lookup.remote(key)
+        result = await self.cache.lookup(ticket)
+        if result is None:
+            trace.cache = "error"
+            return None
         stored = result.answer
         if stored is None:
             trace.cache = "error" if result.kind == "error" else "miss"
@@ -217,10 +282,14 @@ class CascadeIngress:
     # ---- non-streamed ------------------------------------------------------------------
 
     async def _complete(
-        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, key: CacheKey | None
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        ticket: CacheTicket | None,
     ) -> Response:
         response, answer = await self._answer_with_fallback(body, kind, trace)
-        await self._store(key, answer, trace)
+        self._store(ticket, answer, trace)
         return JSONResponse(response, headers=trace.headers())
 
     async def _answer_with_fallback(
@@ -259,37 +328,41 @@ class CascadeIngress:
             tier, self.prices[tier], answer.prompt_tokens, answer.completion_tokens
         )
 
-    async def _store(self, key: CacheKey | None, answer: Answer, trace: RequestTrace) -> None:
-        if key is None or self.cache is None or trace.tier is None:
-            return
-        # Fire and forget: the client does not wait for the cache write.
-        self.cache.store.remote(
-            key,
-            answer_text=answer.text,
-            finish_reason=answer.finish_reason,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            tier=trace.tier,
-        )
+    def _store(self, ticket: CacheTicket | None, answer: Answer, trace: RequestTrace) -> None:
+        if ticket is not None and self.cache is not None and trace.tier is not None:
+            self.cache.store(ticket, answer, trace.tier)
 
     # ---- streamed ----------------------------------------------------------------------
 
     async def _stream(
-        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, key: CacheKey | None
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        ticket: CacheTicket | None,
+        started_s: float,
     ) -> Response:
         if not trace.pinned and trace.tier == "small" and self.config.quality.enabled:
             # Hold the small tier's answer until the gate has judged it, so the client never
             # sees small-tier text that an escalation would then replace.
             # An escalated answer was generated non-streamed by the large tier; replay it too.
             _, answer = await self._answer_with_fallback(body, kind, trace)
-            await self._store(key, answer, trace)
+            self._store(ticket, answer, trace)
+            self._record(trace, started_s, streamed=True)
             events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
             return _sse_response(_iterate(events), trace)
         stream = await self.tiers[trace.tier].open_stream(body, kind)
-        return _sse_response(self._relay(stream, body, trace, key), trace, cost_final=False)
+        self.metrics.observe_ttft(trace, time.perf_counter() - started_s)
+        relay = self._relay(stream, body, trace, ticket, started_s)
+        return _sse_response(relay, trace, cost_final=False)
 
     async def _relay(
-        self, stream: Any, body: dict[str, Any], trace: RequestTrace, key: CacheKey | None
+        self,
+        stream: Any,
+        body: dict[str, Any],
+        trace: RequestTrace,
+        ticket: CacheTicket | None,
+        started_s: float,
     ) -> AsyncIterator[str]:
         wants_usage = client_wants_usage_chunk(body)
         async for event, payload in stream.events():
@@ -299,4 +372,5 @@ class CascadeIngress:
             yield event
         answer = stream.answer()
         self._charge(trace, trace.tier, answer)
-        await self._store(key, answer, trace)
+        self._store(ticket, answer, trace)
+        self._record(trace, started_s)

@@ -20,19 +20,18 @@ _NEGATIONS = frozenset(
     "weren't don't doesn't didn't won't wouldn't can't couldn't shouldn't hasn't haven't".split()
 )
 # Words whose swap for their opposite keeps the sentence embedding almost unchanged.
-_OPPOSITES = (
-    ("on", "off"), ("up", "down"), ("in", "out"), ("increase", "decrease"),
-    ("before", "after"), ("max", "min"), ("maximum", "minimum"), ("more", "less"),
-    ("open", "close"), ("enable", "disable"), ("start", "stop"), ("add", "remove"),
-    ("buy", "sell"), ("true", "false"), ("above", "below"), ("higher", "lower"),
-    ("first", "last"), ("left", "right"), ("import", "export"), ("encrypt", "decrypt"),
-    ("encode", "decode"), ("compress", "decompress"), ("upload", "download"),
-    ("win", "lose"), ("hot", "cold"), ("fast", "slow"), ("long", "short"),
-    ("big", "small"), ("largest", "smallest"), ("most", "least"), ("best", "worst"),
-    ("pros", "cons"), ("advantages", "disadvantages"), ("north", "south"), ("east", "west"),
-    ("push", "pull"), ("lock", "unlock"), ("legal", "illegal"), ("possible", "impossible"),
-    ("inside", "outside"), ("early", "late"), ("earliest", "latest"), ("young", "old"),
-    ("positive", "negative"), ("accept", "reject"), ("allow", "deny"), ("include", "exclude"),
+_OPPOSITES = tuple(
+    tuple(pair.split("/"))
+    for pair in (
+        "on/off up/down in/out increase/decrease before/after max/min maximum/minimum more/less "
+        "open/close enable/disable start/stop add/remove buy/sell true/false above/below "
+        "higher/lower first/last left/right import/export encrypt/decrypt encode/decode "
+        "compress/decompress upload/download win/lose hot/cold fast/slow long/short big/small "
+        "largest/smallest most/least best/worst pros/cons advantages/disadvantages north/south "
+        "east/west push/pull lock/unlock legal/illegal possible/impossible inside/outside "
+        "early/late earliest/latest young/old positive/negative accept/reject allow/deny "
+        "include/exclude"
+    ).split()
 )
 _OPPOSITE_OF = {a: b for a, b in _OPPOSITES} | {b: a for a, b in _OPPOSITES}
 _NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non")

@@ -57,14 +57,22 @@ _FIELDS_BY_KIND: dict[RequestKind, type[_SamplingFields]] = {
 }
 
 
-def parse_request_body(raw: bytes, kind: RequestKind) -> dict[str, Any]:
-    """Decode and validate a request body; returns the body as a plain dict."""
+def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidRequestError(f"Request body is not valid JSON: {e}") from e
     if not isinstance(body, dict):
         raise InvalidRequestError("Request body must be a JSON object.")
+    return body
+
+
+def parse_request_body(raw: bytes, kind: RequestKind) -> dict[str, Any]:
+    """Decode and validate a request body; returns the body as a plain dict."""
+    return validate_request(parse_json_object(raw), kind)
+
+
+def validate_request(body: dict[str, Any], kind: RequestKind) -> dict[str, Any]:
     try:
         _FIELDS_BY_KIND[kind].model_validate(body)
     except ValidationError as e:

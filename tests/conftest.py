@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 TIER_MODELS = ["cascade-small", "cascade-large"]
 STARTUP_TIMEOUT_S = float(os.environ.get("CASCADE_STARTUP_TIMEOUT_S", "900"))
+ADMIN_TOKEN = os.environ.setdefault("CASCADE_ADMIN_TOKEN", "test-admin-token")
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,12 @@ def openai_client(cascade_url: str):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{cascade_url}/v1", api_key="test-key", max_retries=0, timeout=180)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests of the live stack last.
+
+    Offline tests then fail fast, and none of them (some start a private one-CPU Ray) runs
+    beside the stack's own Ray cluster and vLLM engines on a 2-core machine.
+    """
+    items.sort(key=lambda item: "cascade_url" in getattr(item, "fixturenames", ()))

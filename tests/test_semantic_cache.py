@@ -78,13 +78,16 @@ def chat(question: str, *, system: str | None = None, **params: Any) -> dict[str
     return {"model": MODEL, "messages": messages, "temperature": 0, **params}
 
 
-def key_for(body: dict[str, Any], *, tenant: str = TENANT, **kwargs: Any) -> CacheKey:
+def key_for(
+    body: dict[str, Any], *, tenant: str = TENANT, model: str = MODEL, **kwargs: Any
+) -> CacheKey:
     key = cache_key_for_request(
         body,
         kind=kwargs.pop("kind", "chat"),
         tenant=tenant,
-        model=MODEL,
+        model=model,
         cache_nondeterministic=kwargs.pop("cache_nondeterministic", False),
+        epoch=kwargs.pop("epoch", 0),
     )
     assert key is not None, body
     return key
@@ -279,6 +282,66 @@ def test_expired_entries_are_never_served(cache: SemanticCache, clock: FakeClock
     assert lookup(cache, key_for(chat(PARAPHRASE))).kind == "miss"
     assert run(cache.purge_expired()) == 1
     assert run(cache.stats())["entries"] == 0
+
+
+def test_client_ttl_shortens_but_never_extends(cache: SemanticCache, clock: FakeClock) -> None:
+    short, long = key_for(chat(QUESTION)), key_for(chat("How tall is Mount Everest?"))
+    run(
+        cache.store(
+            short,
+            answer_text=ANSWER,
+            finish_reason="stop",
+            prompt_tokens=1,
+            completion_tokens=1,
+            tier="small",
+            ttl_s=10,
+        )
+    )
+    run(
+        cache.store(
+            long,
+            answer_text=ANSWER,
+            finish_reason="stop",
+            prompt_tokens=1,
+            completion_tokens=1,
+            tier="small",
+            ttl_s=TTL_S * 10,
+        )
+    )
+    clock.now_s += 11
+    assert lookup(cache, short).kind == "miss"
+    assert lookup(cache, long).kind == "exact"
+    clock.now_s += TTL_S
+    assert lookup(cache, long).kind == "miss"
+
+
+def test_invalidate_one_tenant_keeps_the_others(cache: SemanticCache) -> None:
+    store_answer(cache, key_for(chat(QUESTION), tenant="tenant-a"))
+    store_answer(cache, key_for(chat(QUESTION), tenant="tenant-b"))
+
+    assert run(cache.invalidate(tenant="tenant-a")) == 1
+
+    assert lookup(cache, key_for(chat(QUESTION), tenant="tenant-a")).kind == "miss"
+    assert lookup(cache, key_for(chat(QUESTION), tenant="tenant-b")).kind == "exact"
+
+
+def test_invalidate_one_model_then_everything(cache: SemanticCache) -> None:
+    store_answer(cache, key_for(chat(QUESTION), model="cascade"))
+    store_answer(cache, key_for(chat(QUESTION), model="cascade-large"))
+
+    assert run(cache.invalidate(model="cascade-large")) == 1
+    assert lookup(cache, key_for(chat(QUESTION), model="cascade-large")).kind == "miss"
+    assert lookup(cache, key_for(chat(QUESTION), model="cascade")).kind == "exact"
+
+    assert run(cache.invalidate()) == 1
+    assert lookup(cache, key_for(chat(QUESTION), model="cascade")).kind == "miss"
+
+
+def test_epoch_bump_makes_every_old_entry_unreachable(cache: SemanticCache) -> None:
+    store_answer(cache, key_for(chat(QUESTION), epoch=0))
+
+    assert lookup(cache, key_for(chat(QUESTION), epoch=1)).kind == "miss"
+    assert lookup(cache, key_for(chat(PARAPHRASE), epoch=1)).kind == "miss"
 
 
 def test_storing_again_overwrites_and_renews(cache: SemanticCache, clock: FakeClock) -> None:

@@ -1,0 +1,104 @@
+"""The ingress side of the semantic cache: which requests use it, lookups within a budget, stores.
+
+The cache must never make a request fail or wait: a lookup that errors or exceeds
+`lookup_timeout_s` is a fail-open (served uncached and counted), and stores are fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.cache_keys import CacheKey, cache_key_for_request
+from serve_app.config import CacheConfig
+from serve_app.errors import InvalidRequestError
+from serve_app.metrics import IngressMetrics
+from serve_app.openai_protocol import Answer, RequestKind
+
+logger = logging.getLogger("ray.serve")
+
+CLIENT_TTL_HEADER = "x-cascade-cache-ttl-s"
+_CACHE_FAILURES = (RayError, BackPressureError, DeploymentUnavailableError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class CacheTicket:
+    """A cacheable request: where its answer lives and how long the client lets it live."""
+
+    key: CacheKey
+    ttl_s: float | None
+
+
+def _client_ttl_s(headers: Any) -> float | None:
+    raw = headers.get(CLIENT_TTL_HEADER)
+    if raw is None:
+        return None
+    try:
+        ttl_s = float(raw)
+    except ValueError as e:
+        raise InvalidRequestError(f"{CLIENT_TTL_HEADER} must be a number of seconds") from e
+    if not ttl_s > 0:
+        raise InvalidRequestError(f"{CLIENT_TTL_HEADER} must be positive")
+    return ttl_s
+
+
+def _client_opted_out(body: dict[str, Any], headers: Any) -> bool:
+    cache_control = headers.get("cache-control", "").lower()
+    return body.get("cache") is False or "no-store" in cache_control
+
+
+class CacheClient:
+    def __init__(self, handle: DeploymentHandle, config: CacheConfig, metrics: IngressMetrics):
+        self.handle = handle
+        self.config = config
+        self.metrics = metrics
+
+    def ticket(
+        self, body: dict[str, Any], kind: RequestKind, *, tenant: str, headers: Any
+    ) -> CacheTicket | None:
+        """The request's cache ticket, or None when it must bypass the cache."""
+        ttl_s = _client_ttl_s(headers)  # validated even when bypassing: bad input is a 400
+        if _client_opted_out(body, headers):
+            return None
+        key = cache_key_for_request(
+            body,
+            kind=kind,
+            tenant=tenant,
+            model=body["model"],
+            cache_nondeterministic=self.config.cache_nondeterministic,
+            epoch=self.config.epoch,
+        )
+        return CacheTicket(key, ttl_s) if key is not None else None
+
+    async def lookup(self, ticket: CacheTicket) -> Any | None:
+        """The cache replica's CacheLookup, or None when the cache failed or was too slow."""
+        try:
+            return await asyncio.wait_for(
+                self.handle.lookup.remote(ticket.key), timeout=self.config.lookup_timeout_s
+            )
+        except _CACHE_FAILURES as e:
+            reason = "timeout" if isinstance(e, TimeoutError) else "unavailable"
+            logger.warning("Cache lookup failed open (%s): %s", reason, type(e).__name__)
+            self.metrics.cache_fail_opens.inc(tags={"reason": reason})
+            return None
+
+    def store(self, ticket: CacheTicket, answer: Answer, tier: str) -> None:
+        # Fire and forget: the client never waits for, or fails on, a cache write.
+        self.handle.store.remote(
+            ticket.key,
+            answer_text=answer.text,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            tier=tier,
+            ttl_s=ticket.ttl_s,
+        )
+
+    async def invalidate(self, *, tenant: str | None, model: str | None) -> int:
+        return await self.handle.invalidate.remote(tenant=tenant, model=model)

@@ -1,0 +1,160 @@
+"""Prometheus metrics of the cascade, declared once per component.
+
+They go through `ray.serve.metrics`, so Ray's metrics agent exports them on each node's
+metrics port next to Ray Serve's own and vLLM's engine metrics (`ray_vllm_*`): one scrape
+target per node. Labels stay low-cardinality: tier, cache result, outcome, reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from serve_app.request_trace import RequestTrace
+
+LATENCY_MS_BOUNDARIES = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
+REQUEST_S_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+
+def _cache_fail_opens() -> Counter:
+    # Declared by the cache replica (errors) and the ingress (timeouts, dead replica) alike.
+    return Counter(
+        "cascade_cache_fail_opens",
+        description="Requests served uncached because the cache failed or was slow.",
+        tag_keys=("reason",),
+    )
+
+
+@dataclass(frozen=True)
+class CacheMetrics:
+    lookups: Counter
+    stores: Counter
+    evictions: Counter
+    fail_opens: Counter
+    rejected_candidates: Counter
+    lookup_latency_ms: Histogram
+    entries: Gauge
+
+    @classmethod
+    def create(cls) -> CacheMetrics:
+        return cls(
+            lookups=Counter(
+                "cascade_cache_lookups",
+                description="Cache lookups by result: exact, semantic, miss, error, disabled.",
+                tag_keys=("result",),
+            ),
+            stores=Counter(
+                "cascade_cache_stores",
+                description="Answers offered to the cache by outcome: stored, skipped, error.",
+                tag_keys=("outcome",),
+            ),
+            evictions=Counter(
+                "cascade_cache_evictions",
+                description="Entries removed by reason: expired, invalidated.",
+                tag_keys=("reason",),
+            ),
+            fail_opens=_cache_fail_opens(),
+            rejected_candidates=Counter(
+                "cascade_cache_rejected_candidates",
+                description="Semantic matches refused by the near-miss guard, by reason.",
+                tag_keys=("reason",),
+            ),
+            lookup_latency_ms=Histogram(
+                "cascade_cache_lookup_latency_ms",
+                description="Cache lookup latency inside the cache replica (ms).",
+                boundaries=LATENCY_MS_BOUNDARIES,
+            ),
+            entries=Gauge("cascade_cache_entries", description="Entries in the cache store."),
+        )
+
+
+@dataclass(frozen=True)
+class IngressMetrics:
+    requests: Counter
+    tokens: Counter
+    cost_usd: Counter
+    counterfactual_usd: Counter
+    escalations: Counter
+    errors: Counter
+    cache_fail_opens: Counter
+    latency_s: Histogram
+    ttft_s: Histogram
+
+    @classmethod
+    def create(cls) -> IngressMetrics:
+        return cls(
+            requests=Counter(
+                "cascade_requests",
+                description="Answered requests by tier, cache result, escalation and route.",
+                tag_keys=("tier", "cache", "escalated", "route"),
+            ),
+            tokens=Counter(
+                "cascade_tokens",
+                description="Tokens processed by each tier (prompt or completion).",
+                tag_keys=("tier", "kind"),
+            ),
+            cost_usd=Counter(
+                "cascade_cost_usd",
+                description="Dollars spent, by where: small, large, cache, router.",
+                tag_keys=("component",),
+            ),
+            counterfactual_usd=Counter(
+                "cascade_counterfactual_usd",
+                description="Dollars the same answers would cost on the large tier, no cache.",
+            ),
+            escalations=Counter(
+                "cascade_escalations",
+                description="Small-tier answers replaced by the large tier, by reason.",
+                tag_keys=("reason",),
+            ),
+            errors=Counter(
+                "cascade_errors",
+                description="Requests answered with an error, by HTTP status.",
+                tag_keys=("status",),
+            ),
+            cache_fail_opens=_cache_fail_opens(),
+            latency_s=Histogram(
+                "cascade_request_latency_s",
+                description="End-to-end request latency in the ingress (s).",
+                boundaries=REQUEST_S_BOUNDARIES,
+                tag_keys=("tier", "cache"),
+            ),
+            ttft_s=Histogram(
+                "cascade_ttft_s",
+                description="Time to the first streamed token (s).",
+                boundaries=REQUEST_S_BOUNDARIES,
+                tag_keys=("tier", "cache"),
+            ),
+        )
+
+    def record(self, trace: RequestTrace, latency_s: float) -> None:
+        """Count one answered request: its route, tokens, dollars and latency."""
+        tier = trace.tier or "none"
+        route = "pinned" if trace.pinned else "routed"
+        escalated = "true" if trace.escalated else "false"
+        self.requests.inc(
+            tags={"tier": tier, "cache": trace.cache, "escalated": escalated, "route": route}
+        )
+        self.latency_s.observe(latency_s, tags={"tier": tier, "cache": trace.cache})
+        cost = trace.cost
+        for usage in cost.tiers:
+            _inc(self.tokens, usage.prompt_tokens, {"tier": usage.tier, "kind": "prompt"})
+            _inc(self.tokens, usage.completion_tokens, {"tier": usage.tier, "kind": "completion"})
+            _inc(self.cost_usd, usage.cost_usd, {"component": usage.tier})
+        _inc(self.cost_usd, cost.cache_lookup_usd, {"component": "cache"})
+        _inc(self.cost_usd, cost.router_usd, {"component": "router"})
+        _inc(self.counterfactual_usd, cost.counterfactual_usd, None)
+        if trace.escalation_reason:
+            self.escalations.inc(tags={"reason": trace.escalation_reason})
+
+    def observe_ttft(self, trace: RequestTrace, ttft_s: float) -> None:
+        self.ttft_s.observe(ttft_s, tags={"tier": trace.tier or "none", "cache": trace.cache})
+
+
+def _inc(counter: Counter, value: float, tags: dict[str, str] | None) -> None:
+    # Ray's counters refuse zero increments.
+    if value > 0:
+        counter.inc(value, tags=tags)

@@ -1,0 +1,109 @@
+"""Cache behaviour a client and an operator see through the HTTP API of the real stack."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from tests.conftest import ADMIN_TOKEN
+
+
+def _chat(content: str, **overrides) -> dict:
+    body = {
+        "model": "cascade",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 160,
+        "temperature": 0,
+    }
+    return {**body, **overrides}
+
+
+def _question(topic: str) -> str:
+    return f"In one sentence, what is {topic}? (case {uuid.uuid4().hex[:8]})"
+
+
+def _cache_header(http: httpx.Client, body: dict, **headers: str) -> str:
+    response = http.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.headers["x-cascade-cache"]
+
+
+def test_paraphrase_is_a_semantic_hit(http: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:6]
+    assert _cache_header(http, _chat(f"What is the capital city of Peru? ref {tag}")) == "miss"
+    assert _cache_header(http, _chat(f"what is the capital city of Peru ref {tag}")) == "hit"
+
+
+def test_negated_question_is_not_served_from_cache(http: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:6]
+    assert _cache_header(http, _chat(f"Is it safe to eat raw eggs? ref {tag}")) == "miss"
+    assert _cache_header(http, _chat(f"Is it unsafe to eat raw eggs? ref {tag}")) == "miss"
+
+
+def test_different_system_prompt_or_temperature_does_not_hit(http: httpx.Client) -> None:
+    question = _question("photosynthesis")
+    assert _cache_header(http, _chat(question)) == "miss"
+    with_system = _chat(question)
+    with_system["messages"] = [
+        {"role": "system", "content": "Answer like a pirate."},
+        *with_system["messages"],
+    ]
+    assert _cache_header(http, with_system) == "miss"
+    assert _cache_header(http, _chat(question, temperature=0.7)) == "bypass"
+
+
+def test_client_can_opt_out(http: httpx.Client) -> None:
+    question = _question("a rainbow")
+    assert _cache_header(http, _chat(question)) == "miss"
+    assert _cache_header(http, _chat(question, cache=False)) == "bypass"
+    assert _cache_header(http, _chat(question), **{"cache-control": "no-store"}) == "bypass"
+    assert _cache_header(http, _chat(question)) == "hit"
+
+
+def test_bad_client_ttl_is_a_400(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/chat/completions", json=_chat("hi"), headers={"x-cascade-cache-ttl-s": "-3"}
+    )
+    assert response.status_code == 400
+    assert "x-cascade-cache-ttl-s" in response.json()["error"]["message"]
+
+
+def test_admin_invalidates_one_model(http: httpx.Client) -> None:
+    question = _question("gravity")
+    pinned = _chat(question, model="cascade-small")
+    assert _cache_header(http, pinned) == "miss"
+    assert _cache_header(http, pinned) == "hit"
+
+    response = http.post(
+        "/admin/cache/invalidate",
+        json={"model": "cascade-small"},
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["deleted"] >= 1
+    assert _cache_header(http, pinned) == "miss"
+
+
+def test_admin_api_refuses_a_wrong_token(http: httpx.Client) -> None:
+    response = http.post(
+        "/admin/cache/invalidate", json={}, headers={"authorization": "Bearer guess"}
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["type"] == "permission_error"
+
+
+def test_route_endpoint_explains_without_generating(http: httpx.Client) -> None:
+    easy = http.post("/v1/route", json=_chat("hi there!"))
+    hard = http.post(
+        "/v1/route",
+        json={
+            "model": "cascade",
+            "prompt": "Prove step by step that the derivative of x^3 + 2x is 3x^2 + 2, then "
+            "implement an algorithm computing it for any polynomial and analyse its complexity.",
+        },
+    )
+    assert easy.status_code == hard.status_code == 200
+    assert easy.json()["tier"] == "small" and hard.json()["tier"] == "large"
+    assert 0 <= easy.json()["score"] < hard.json()["score"] <= 1
