@@ -125,6 +125,15 @@ class RouterConfig(StrictModel):
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 
 
+class CircuitBreakerConfig(StrictModel):
+    failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures of a tier that open its circuit."
+    )
+    cooldown_s: float = Field(
+        default=30.0, gt=0, description="How long an open circuit sends nothing to the tier."
+    )
+
+
 class QualityConfig(StrictModel):
     """Checks on a small-tier answer that decide whether to escalate to the large tier."""
 
@@ -132,7 +141,41 @@ class QualityConfig(StrictModel):
     escalate_on_error: bool = True
     escalate_on_empty: bool = True
     escalate_on_truncation: bool = True
+    escalate_on_refusal: bool = Field(
+        default=True, description='Escalate "I don\'t know" / "As an AI, I cannot" answers.'
+    )
     min_answer_chars: int = Field(default=1, ge=0)
+    max_repeated_ngram_share: float | None = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Escalate when more than this share of an answer's 4-grams are repeats "
+        "(degenerate looping); None disables the check.",
+    )
+    min_mean_logprob: float | None = Field(
+        default=None,
+        lt=0,
+        description="Escalate when the mean token log-probability of the small tier's answer is "
+        "below this; logprobs are then requested internally (never leaked unless asked).",
+    )
+    min_token_logprob: float | None = Field(
+        default=None, lt=0, description="Escalate when any token's log-probability is below this."
+    )
+    stream_mode: Literal["hold", "relay"] = Field(
+        default="hold",
+        description="`hold`: a routed small-tier answer is generated whole and judged before "
+        "the first byte is streamed (no replaced text ever; TTFT = generation time). `relay`: "
+        "stream small-tier tokens as they come; only errors before the first token escalate.",
+    )
+    small_tier_timeout_s: float = Field(
+        default=60.0, gt=0, description="A routed small-tier call slower than this escalates."
+    )
+    allow_degraded: bool = Field(
+        default=False,
+        description="When the large tier fails, answer routed requests from the small tier "
+        "(flagged `x-cascade-degraded: true`) instead of returning an error.",
+    )
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 
 
 class IngressConfig(StrictModel):

@@ -31,11 +31,11 @@ from serve_app.errors import (
     RequestTimeoutError,
     openai_error_body,
 )
+from serve_app.fallback import TierFallback
 from serve_app.metrics import IngressMetrics
 from serve_app.openai_protocol import (
     Answer,
     RequestKind,
-    answer_from_response,
     client_wants_usage_chunk,
     parse_json_object,
     parse_request_body,
@@ -43,7 +43,6 @@ from serve_app.openai_protocol import (
     response_json,
     validate_request,
 )
-from serve_app.quality_check import QualityGate
 from serve_app.request_trace import RequestTrace
 from serve_app.router import routing_text
 from serve_app.tier_client import TierClient
@@ -98,7 +97,7 @@ class CascadeIngress:
         cache: DeploymentHandle | None = None,
     ):
         self.config = CascadeConfig.model_validate(config)
-        self.tiers = {
+        tiers = {
             "small": TierClient(small, self.config.tiers["small"].model_id),
             "large": TierClient(large, self.config.tiers["large"].model_id),
         }
@@ -107,10 +106,10 @@ class CascadeIngress:
         self.cache = None
         if cache is not None and self.config.cache.enabled:
             self.cache = CacheClient(cache, self.config.cache, self.metrics)
-        self.gate = QualityGate(self.config.quality)
         self.prices = {
             name: TierPrice.from_config(self.config.tiers[name].cost) for name in TIER_NAMES
         }
+        self.fallback = TierFallback(tiers, self.prices, self.config.quality)
 
     # ---- endpoints ---------------------------------------------------------------------
 
@@ -288,45 +287,9 @@ class CascadeIngress:
         trace: RequestTrace,
         ticket: CacheTicket | None,
     ) -> Response:
-        response, answer = await self._answer_with_fallback(body, kind, trace)
+        response, answer = await self.fallback.answer(body, kind, trace)
         self._store(ticket, answer, trace)
         return JSONResponse(response, headers=trace.headers())
-
-    async def _answer_with_fallback(
-        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
-    ) -> tuple[dict[str, Any], Answer]:
-        """Ask the chosen tier; escalate a routed small-tier failure or weak answer once."""
-        tier = trace.tier
-        may_escalate = not trace.pinned and tier == "small"
-        try:
-            response = await self.tiers[tier].complete(body, kind)
-        except CascadeError as error:
-            if not (
-                may_escalate and self.config.quality.escalate_on_error and error.status_code >= 500
-            ):
-                raise
-            logger.warning("small tier failed (%s); escalating to the large tier", error.message)
-            return await self._escalate(body, kind, trace, "error")
-        answer = answer_from_response(response, kind)
-        self._charge(trace, tier, answer)
-        reason = self.gate.escalation_reason(answer) if may_escalate else None
-        if reason:
-            return await self._escalate(body, kind, trace, reason)
-        return response, answer
-
-    async def _escalate(
-        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, reason: str
-    ) -> tuple[dict[str, Any], Answer]:
-        trace.escalate(reason)
-        response = await self.tiers["large"].complete(body, kind)
-        answer = answer_from_response(response, kind)
-        self._charge(trace, "large", answer)
-        return response, answer
-
-    def _charge(self, trace: RequestTrace, tier: TierName, answer: Answer) -> None:
-        trace.cost.charge_tier(
-            tier, self.prices[tier], answer.prompt_tokens, answer.completion_tokens
-        )
 
     def _store(self, ticket: CacheTicket | None, answer: Answer, trace: RequestTrace) -> None:
         if ticket is not None and self.cache is not None and trace.tier is not None:
@@ -342,16 +305,22 @@ class CascadeIngress:
         ticket: CacheTicket | None,
         started_s: float,
     ) -> Response:
-        if not trace.pinned and trace.tier == "small" and self.config.quality.enabled:
+        quality = self.config.quality
+        if (
+            not trace.pinned
+            and trace.tier == "small"
+            and quality.enabled
+            and (quality.stream_mode == "hold")
+        ):
             # Hold the small tier's answer until the gate has judged it, so the client never
             # sees small-tier text that an escalation would then replace.
             # An escalated answer was generated non-streamed by the large tier; replay it too.
-            _, answer = await self._answer_with_fallback(body, kind, trace)
+            _, answer = await self.fallback.answer(body, kind, trace)
             self._store(ticket, answer, trace)
             self._record(trace, started_s, streamed=True)
             events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
             return _sse_response(_iterate(events), trace)
-        stream = await self.tiers[trace.tier].open_stream(body, kind)
+        stream = await self.fallback.open_stream(body, kind, trace)
         self.metrics.observe_ttft(trace, time.perf_counter() - started_s)
         relay = self._relay(stream, body, trace, ticket, started_s)
         return _sse_response(relay, trace, cost_final=False)
@@ -371,6 +340,8 @@ class CascadeIngress:
                     continue
             yield event
         answer = stream.answer()
-        self._charge(trace, trace.tier, answer)
+        trace.cost.charge_tier(
+            trace.tier, self.prices[trace.tier], answer.prompt_tokens, answer.completion_tokens
+        )
         self._store(ticket, answer, trace)
         self._record(trace, started_s)

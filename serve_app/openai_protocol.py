@@ -110,6 +110,8 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     model: str
+    token_logprobs: tuple[float, ...] = ()
+    """Log-probability of each generated token, when the engine was asked for them."""
 
 
 def sse_event(payload: dict[str, Any]) -> str:
@@ -207,7 +209,38 @@ def answer_from_response(response: dict[str, Any], kind: RequestKind) -> Answer:
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         model=response.get("model", ""),
+        token_logprobs=_token_logprobs(choice.get("logprobs"), kind),
     )
+
+
+def _token_logprobs(logprobs: dict[str, Any] | None, kind: RequestKind) -> tuple[float, ...]:
+    if not logprobs:
+        return ()
+    if kind == "chat":
+        values = [entry.get("logprob") for entry in logprobs.get("content") or []]
+    else:
+        values = logprobs.get("token_logprobs") or []
+    # -inf/None appear for tokens the engine could not score; they carry no confidence signal.
+    return tuple(float(v) for v in values if v is not None and v > float("-inf"))
+
+
+def with_internal_logprobs(body: dict[str, Any], kind: RequestKind) -> dict[str, Any]:
+    """Ask the engine for per-token logprobs (sampled token only) for the confidence check."""
+    if kind == "chat":
+        return {**body, "logprobs": True, "top_logprobs": body.get("top_logprobs") or 0}
+    return {**body, "logprobs": body.get("logprobs") or 0}
+
+
+def client_asked_for_logprobs(body: dict[str, Any]) -> bool:
+    value = body.get("logprobs")
+    # Chat takes `logprobs: true`; completions take a count, where 0 still means "yes".
+    return value is True or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def without_logprobs(response: dict[str, Any]) -> dict[str, Any]:
+    """Drop logprobs the cascade requested for itself before the client sees the response."""
+    choices = [{**choice, "logprobs": None} for choice in response.get("choices", [])]
+    return {**response, "choices": choices}
 
 
 class StreamAccumulator:

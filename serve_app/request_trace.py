@@ -18,11 +18,17 @@ class RequestTrace:
     cache: str = "miss"  # hit / miss / bypass / error
     escalated: bool = False
     escalation_reason: str | None = None
+    degraded: bool = False
 
     def escalate(self, reason: str) -> None:
         self.escalated = True
         self.escalation_reason = reason
         self.tier = "large"
+
+    def degrade(self) -> None:
+        """The large tier failed and the small tier answered instead."""
+        self.degraded = True
+        self.tier = "small"
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -36,4 +42,6 @@ class RequestTrace:
             headers["x-cascade-route-score"] = f"{self.route_score:.4f}"
         if self.escalation_reason:
             headers["x-cascade-escalation-reason"] = self.escalation_reason
+        if self.degraded:
+            headers["x-cascade-degraded"] = "true"
         return headers

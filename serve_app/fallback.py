@@ -1,0 +1,166 @@
+"""Getting one good answer out of the tiers: quality escalation, error fallback, breakers.
+
+- A routed request the router sent to the small tier is judged by the quality gate; a weak
+  answer, an error, a timeout or an open small-tier circuit escalates it to the large tier,
+  at most once. The cost of both tiers is charged.
+- When the large tier fails, a routed request is answered by the small tier only if the
+  config allows degraded answers (flagged in the headers); otherwise the error stands.
+- Pinned requests go to their tier and nowhere else: the client chose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from serve_app.circuit_breaker import CircuitBreaker
+from serve_app.config import TIER_NAMES, QualityConfig, TierName
+from serve_app.cost_model import TierPrice
+from serve_app.errors import CascadeError, TierUnavailableError
+from serve_app.openai_protocol import (
+    Answer,
+    RequestKind,
+    answer_from_response,
+    client_asked_for_logprobs,
+    with_internal_logprobs,
+    without_logprobs,
+)
+from serve_app.quality_check import QualityGate
+from serve_app.request_trace import RequestTrace
+from serve_app.tier_client import TierClient, TierStream
+
+logger = logging.getLogger("ray.serve")
+
+
+def _is_tier_failure(error: CascadeError) -> bool:
+    # 4xx means the request itself was refused; another tier would refuse it too.
+    return error.status_code >= 500
+
+
+class TierFallback:
+    def __init__(
+        self,
+        tiers: dict[TierName, TierClient],
+        prices: dict[TierName, TierPrice],
+        config: QualityConfig,
+    ):
+        self.tiers = tiers
+        self.prices = prices
+        self.config = config
+        self.gate = QualityGate(config)
+        breaker = config.circuit_breaker
+        self.breakers = {
+            name: CircuitBreaker(breaker.failure_threshold, breaker.cooldown_s)
+            for name in TIER_NAMES
+        }
+
+    async def answer(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> tuple[dict[str, Any], Answer]:
+        """One complete (non-streamed) answer for the tier in `trace.tier`, with fallbacks."""
+        if trace.pinned:
+            return await self._ask(trace.tier, body, kind, trace)
+        if trace.tier == "small" and self.config.enabled:
+            return await self._ask_small_then_escalate(body, kind, trace)
+        return await self._ask_large_or_degrade(body, kind, trace)
+
+    async def open_stream(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> TierStream:
+        """A relayed stream from `trace.tier`; failures before the first token fall back."""
+        tier = trace.tier
+        try:
+            if not trace.pinned and not self.breakers[tier].allow():
+                raise TierUnavailableError(f"The {tier} tier's circuit is open.")
+            stream = await self._guarded(tier, self.tiers[tier].open_stream(body, kind))
+        except CascadeError as error:
+            other = self._fallback_tier(tier, trace, error)
+            if other is None:
+                raise
+            self._note_fallback(trace, tier, "error")
+            stream = await self._guarded(other, self.tiers[other].open_stream(body, kind))
+        return stream
+
+    async def _ask_small_then_escalate(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> tuple[dict[str, Any], Answer]:
+        if not self.breakers["small"].allow():
+            return await self._escalate(body, kind, trace, "small_circuit_open")
+        internal = with_internal_logprobs(body, kind) if self.gate.needs_logprobs else body
+        try:
+            response, answer = await asyncio.wait_for(
+                self._ask("small", internal, kind, trace), self.config.small_tier_timeout_s
+            )
+        except TimeoutError:
+            self.breakers["small"].record_failure()
+            return await self._escalate(body, kind, trace, "timeout")
+        except CascadeError as error:
+            if not (self.config.escalate_on_error and _is_tier_failure(error)):
+                raise
+            logger.warning("small tier failed (%s); escalating", error.message)
+            return await self._escalate(body, kind, trace, "error")
+        reason = self.gate.escalation_reason(answer)
+        if reason:
+            return await self._escalate(body, kind, trace, reason)
+        if internal is not body and not client_asked_for_logprobs(body):
+            response = without_logprobs(response)
+        return response, answer
+
+    async def _escalate(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, reason: str
+    ) -> tuple[dict[str, Any], Answer]:
+        trace.escalate(reason)
+        return await self._ask("large", body, kind, trace)
+
+    async def _ask_large_or_degrade(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> tuple[dict[str, Any], Answer]:
+        try:
+            if not self.breakers["large"].allow():
+                raise TierUnavailableError("The large tier's circuit is open.")
+            return await self._ask("large", body, kind, trace)
+        except CascadeError as error:
+            if self._fallback_tier("large", trace, error) is None:
+                raise
+            logger.warning("large tier failed (%s); answering degraded", error.message)
+            self._note_fallback(trace, "large", "degraded")
+            return await self._ask("small", body, kind, trace)
+
+    async def _ask(
+        self, tier: TierName, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> tuple[dict[str, Any], Answer]:
+        response = await self._guarded(tier, self.tiers[tier].complete(body, kind))
+        answer = answer_from_response(response, kind)
+        trace.cost.charge_tier(
+            tier, self.prices[tier], answer.prompt_tokens, answer.completion_tokens
+        )
+        return response, answer
+
+    async def _guarded(self, tier: TierName, call: Any) -> Any:
+        """Await a tier call, feeding its outcome to the tier's circuit breaker."""
+        try:
+            result = await call
+        except CascadeError as error:
+            if _is_tier_failure(error):
+                self.breakers[tier].record_failure()
+            raise
+        self.breakers[tier].record_success()
+        return result
+
+    def _fallback_tier(
+        self, failed: TierName, trace: RequestTrace, error: CascadeError
+    ) -> TierName | None:
+        if trace.pinned or not _is_tier_failure(error):
+            return None
+        if failed == "small" and self.config.escalate_on_error:
+            return "large"
+        if failed == "large" and self.config.allow_degraded:
+            return "small"
+        return None
+
+    def _note_fallback(self, trace: RequestTrace, failed: TierName, reason: str) -> None:
+        if failed == "small":
+            trace.escalate(reason)
+        else:
+            trace.degrade()
