@@ -197,10 +197,42 @@ class IngressConfig(StrictModel):
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 
 
+class ApiKeyConfig(StrictModel):
+    """One API key, stored as the SHA-256 hex digest of the key (never the key itself)."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256(key).hexdigest()")
+    tenant: str = Field(min_length=1, description="Cache partition and rate-limit owner.")
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+
+
+class AuthConfig(StrictModel):
+    mode: Literal["open", "api_keys"] = Field(
+        default="open",
+        description="`open`: any caller is served (local use); each bearer key is still its "
+        "own cache tenant. `api_keys`: only configured keys, others get 401.",
+    )
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+    keys_file_env: str | None = Field(
+        default=None,
+        description="Environment variable naming a JSON file with more keys (same fields), so "
+        "key hashes can live in a secret instead of the Serve config.",
+    )
+
+
+class LimitsConfig(StrictModel):
+    """Bounds on a request, checked before anything reaches a tier."""
+
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger bodies get 413.")
+    max_messages: int = Field(default=256, gt=0)
+
+
 class CascadeConfig(StrictModel):
     """Arguments of `serve_app.builder:build_app` (the `args:` block of a Serve config)."""
 
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)

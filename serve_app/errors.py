@@ -6,6 +6,7 @@ place that turns them into `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -20,6 +21,7 @@ class CascadeError(Exception):
         self.message = message
         self.param = param
         self.code = code
+        self.headers: dict[str, str] = {}
 
 
 class InvalidRequestError(CascadeError):
@@ -37,6 +39,25 @@ class ModelNotFoundError(CascadeError):
             param="model",
             code="model_not_found",
         )
+
+
+class AuthenticationError(CascadeError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLargeError(CascadeError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class RateLimitError(CascadeError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))}
 
 
 class AdminAuthError(CascadeError):

@@ -6,7 +6,6 @@ cache lookup ‖ routing → tier → quality gate (escalate small→large) → 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.auth import Authenticator, RateLimiter
 from serve_app.cache_client import CacheClient, CacheTicket
 from serve_app.config import TIER_NAMES, CascadeConfig, TierName
 from serve_app.cost_model import RequestCost, TierPrice, cpu_usd
@@ -43,6 +43,7 @@ from serve_app.openai_protocol import (
     response_json,
     validate_request,
 )
+from serve_app.request_limits import check_request_limits, read_body
 from serve_app.request_trace import RequestTrace
 from serve_app.router import routing_text
 from serve_app.tier_client import TierClient
@@ -54,21 +55,14 @@ fastapi_app = FastAPI(title="LLM cascade", description="OpenAI-compatible cost-o
 
 @fastapi_app.exception_handler(CascadeError)
 async def _cascade_error_handler(_: Request, error: CascadeError) -> JSONResponse:
-    return JSONResponse(openai_error_body(error), status_code=error.status_code)
+    return JSONResponse(
+        openai_error_body(error), status_code=error.status_code, headers=error.headers
+    )
 
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
     return JSONResponse(openai_error_body(InvalidRequestError(str(error))), status_code=400)
-
-
-def tenant_from_headers(headers: Any) -> str:
-    """Cache partition of the caller: a hash of its API key (keys are never stored)."""
-    authorization = headers.get("authorization", "")
-    key = authorization.removeprefix("Bearer ").strip()
-    if not key:
-        return "anonymous"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 async def _iterate(events: list[str]) -> AsyncIterator[str]:
@@ -103,6 +97,8 @@ class CascadeIngress:
         }
         self.router = router
         self.metrics = IngressMetrics.create()
+        self.auth = Authenticator(self.config.auth)
+        self.rate_limiter = RateLimiter()
         self.cache = None
         if cache is not None and self.config.cache.enabled:
             self.cache = CacheClient(cache, self.config.cache, self.metrics)
@@ -156,14 +152,15 @@ class CascadeIngress:
         """Delete cached answers of one tenant (by its API key) and/or one model, or all."""
         self._authorize_admin(request)
         body = parse_json_object(await request.body() or b"{}")
-        unknown = set(body) - {"tenant_api_key", "model"}
+        unknown = set(body) - {"tenant", "tenant_api_key", "model"}
         if unknown:
             raise InvalidRequestError(f"Unknown fields: {sorted(unknown)}", param=min(unknown))
         if self.cache is None:
             return {"deleted": 0}
-        tenant = None
+        tenant = body.get("tenant")
         if body.get("tenant_api_key"):
-            tenant = tenant_from_headers({"authorization": f"Bearer {body['tenant_api_key']}"})
+            key_header = {"authorization": f"Bearer {body['tenant_api_key']}"}
+            tenant = self.auth.authenticate(key_header).tenant
         deleted = await self.cache.invalidate(tenant=tenant, model=body.get("model"))
         return {"deleted": deleted}
 
@@ -186,13 +183,18 @@ class CascadeIngress:
 
     async def _answer_request(self, request: Request, kind: RequestKind) -> Response:
         started_s = time.perf_counter()
-        body = parse_request_body(await request.body(), kind)
+        raw = await read_body(request, self.config.limits)
+        caller = self.auth.authenticate(request.headers)
+        self.rate_limiter.admit(caller)
+        body = parse_request_body(raw, kind)
         pinned_tier = self._pinned_tier(body["model"])
-        trace = RequestTrace(pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]))
+        check_request_limits(body, kind, self.config.limits, self._max_model_len(pinned_tier))
+        trace = RequestTrace(
+            pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]), caller=caller
+        )
         ticket = None
         if self.cache is not None:
-            tenant = tenant_from_headers(request.headers)
-            ticket = self.cache.ticket(body, kind, tenant=tenant, headers=request.headers)
+            ticket = self.cache.ticket(body, kind, tenant=caller.tenant, headers=request.headers)
         lookup, decision = await asyncio.gather(
             self._lookup(ticket, trace), self._route(body, kind, pinned_tier, trace)
         )
@@ -216,8 +218,18 @@ class CascadeIngress:
         """Count a finished request; a replayed stream's first token comes at the very end."""
         latency_s = time.perf_counter() - started_s
         self.metrics.record(trace, latency_s)
+        if trace.caller is not None:
+            tokens = sum(u.prompt_tokens + u.completion_tokens for u in trace.cost.tiers)
+            self.rate_limiter.charge_tokens(trace.caller, tokens)
         if streamed:
             self.metrics.observe_ttft(trace, latency_s)
+
+    def _max_model_len(self, pinned: TierName | None) -> int | None:
+        """Context length a request must fit: its tier's, or the smaller of both when routed."""
+        tiers = [pinned] if pinned else list(TIER_NAMES)
+        lengths = [self.config.tiers[t].engine_kwargs.get("max_model_len") for t in tiers]
+        known = [int(length) for length in lengths if length]
+        return min(known) if known else None
 
     def _pinned_tier(self, model: str) -> TierName | None:
         if model == self.config.ingress.cascade_model_id:

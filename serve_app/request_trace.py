@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serve_app.auth import Caller
 from serve_app.config import TierName
 from serve_app.cost_model import RequestCost
 
@@ -19,6 +20,7 @@ class RequestTrace:
     escalated: bool = False
     escalation_reason: str | None = None
     degraded: bool = False
+    caller: Caller | None = None
 
     def escalate(self, reason: str) -> None:
         self.escalated = True

@@ -242,3 +242,15 @@ def test_service_keeps_answering_after_bad_input(http: httpx.Client) -> None:
     response = http.post("/v1/chat/completions", json=_chat(_unique("What is 2 + 2?")))
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"]
+
+
+def test_oversized_body_gets_413(http: httpx.Client) -> None:
+    huge = _chat("x" * 1_100_000)
+    response = http.post("/v1/chat/completions", json=huge)
+    _assert_openai_error(response, 413)
+
+
+def test_max_tokens_beyond_the_context_is_refused_before_the_tier(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", json=_chat("hi", max_tokens=50_000))
+    _assert_openai_error(response, 400, "max_tokens")
+    assert "2048" in response.json()["error"]["message"]
