@@ -85,6 +85,12 @@ class CacheConfig(StrictModel):
         default="packaged://all-minilm-l6-v2",
         description="sentence-transformers model path or `packaged://all-minilm-l6-v2`.",
     )
+    embedding_threads: int | None = Field(
+        default=1,
+        ge=1,
+        description="torch threads of the cache replica's embedder; one query at a time gains "
+        "little from more, and extra threads fight the engines for cores. None: torch default.",
+    )
     similarity_threshold: float = Field(
         default=0.92, gt=0, le=1, description="Minimum cosine similarity for a semantic hit."
     )

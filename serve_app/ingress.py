@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import Authenticator, RateLimiter
@@ -45,10 +47,12 @@ from serve_app.openai_protocol import (
 )
 from serve_app.request_limits import check_request_limits, read_body
 from serve_app.request_trace import RequestTrace
-from serve_app.router import routing_text
+from serve_app.router import Router, routing_text
 from serve_app.tier_client import TierClient
 
 logger = logging.getLogger("ray.serve")
+
+ROUTER_FAILURES = (RayError, BackPressureError, DeploymentUnavailableError)
 
 fastapi_app = FastAPI(title="LLM cascade", description="OpenAI-compatible cost-optimising cascade")
 
@@ -63,6 +67,12 @@ async def _cascade_error_handler(_: Request, error: CascadeError) -> JSONRespons
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
     return JSONResponse(openai_error_body(InvalidRequestError(str(error))), status_code=400)
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve a dropped task's outcome so a late router error is not logged as unhandled."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _iterate(events: list[str]) -> AsyncIterator[str]:
@@ -97,6 +107,7 @@ class CascadeIngress:
         }
         self.router = router
         self.metrics = IngressMetrics.create()
+        self.fallback_router = Router({"threshold": self.config.router.threshold})
         self.auth = Authenticator(self.config.auth)
         self.rate_limiter = RateLimiter()
         self.cache = None
@@ -195,13 +206,15 @@ class CascadeIngress:
         ticket = None
         if self.cache is not None:
             ticket = self.cache.ticket(body, kind, tenant=caller.tenant, headers=request.headers)
-        lookup, decision = await asyncio.gather(
-            self._lookup(ticket, trace), self._route(body, kind, pinned_tier, trace)
-        )
+        # Route while the cache looks up; a hit answers at once and drops the routing.
+        routing = asyncio.ensure_future(self._route(body, kind, pinned_tier, trace))
+        lookup = await self._lookup(ticket, trace)
         if lookup is not None:
+            routing.cancel()
+            routing.add_done_callback(_discard_outcome)
             self._record(trace, started_s, streamed=bool(body.get("stream")))
             return self._cached_response(lookup, body, kind, trace)
-        trace.tier = decision
+        trace.tier = await routing
         try:
             async with asyncio.timeout(self.config.ingress.request_timeout_s):
                 if body.get("stream"):
@@ -272,7 +285,14 @@ class CascadeIngress:
     ) -> TierName:
         if pinned is not None:
             return pinned
-        decision = await self.router.route.remote(routing_text(body, kind))
+        text = routing_text(body, kind)
+        try:
+            decision = await self.router.route.remote(text)
+        except ROUTER_FAILURES as e:
+            # Router down: the documented heuristic, computed here, keeps requests flowing.
+            logger.warning("Router unavailable (%s); routing with the heuristic", type(e).__name__)
+            self.metrics.router_fallbacks.inc()
+            decision = await self.fallback_router.route(text)
         trace.routed_to = decision.tier
         trace.route_score = decision.score
         trace.cost.charge_router(self._cpu_usd(decision.latency_ms))

@@ -79,6 +79,7 @@ class IngressMetrics:
     counterfactual_usd: Counter
     escalations: Counter
     errors: Counter
+    router_fallbacks: Counter
     cache_fail_opens: Counter
     latency_s: Histogram
     ttft_s: Histogram
@@ -114,6 +115,10 @@ class IngressMetrics:
                 "cascade_errors",
                 description="Requests answered with an error, by HTTP status.",
                 tag_keys=("status",),
+            ),
+            router_fallbacks=Counter(
+                "cascade_router_fallbacks",
+                description="Requests routed by the ingress's heuristic because the router failed.",
             ),
             cache_fail_opens=_cache_fail_opens(),
             latency_s=Histogram(

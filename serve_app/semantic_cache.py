@@ -73,8 +73,13 @@ class CacheLookup:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from local files only (no hub at run time)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, threads: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
         self._model = SentenceTransformer(resolve_model_source(model), local_files_only=True)
         dim = self._model.get_embedding_dimension()
@@ -128,7 +133,9 @@ class SemanticCache:
         if not self._config.enabled:
             return
         if embedder is None:
-            embedder = SentenceTransformerEmbedder(self._config.embedding_model)
+            embedder = SentenceTransformerEmbedder(
+                self._config.embedding_model, self._config.embedding_threads
+            )
         self._embedder = embedder
         self._store = store if store is not None else make_cache_store(self._config, embedder.dim)
         self._last_purge_s = clock()

@@ -8,17 +8,12 @@ import uuid
 import httpx
 import pytest
 
+from tests.helpers import chat_body
+
 CASCADE_HEADERS = ("x-cascade-tier", "x-cascade-cache", "x-cascade-escalated", "x-cascade-cost-usd")
 
 
-def _chat(content: str, **overrides) -> dict:
-    body = {
-        "model": "cascade",
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 160,
-        "temperature": 0,
-    }
-    return {**body, **overrides}
+_chat = chat_body
 
 
 def _unique(question: str) -> str:

@@ -7,16 +7,9 @@ import uuid
 import httpx
 
 from tests.conftest import ADMIN_TOKEN
+from tests.helpers import chat_body
 
-
-def _chat(content: str, **overrides) -> dict:
-    body = {
-        "model": "cascade",
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 160,
-        "temperature": 0,
-    }
-    return {**body, **overrides}
+_chat = chat_body
 
 
 def _question(topic: str) -> str:

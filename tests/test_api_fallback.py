@@ -7,16 +7,12 @@ import uuid
 
 import httpx
 
+from tests.helpers import chat_body
+
 
 def _chat(content: str, **overrides) -> dict:
-    body = {
-        "model": "cascade",
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 160,
-        "temperature": 0,
-        "cache": False,
-    }
-    return {**body, **overrides}
+    """Uncached, so every call reaches the tiers and their fallback logic."""
+    return chat_body(content, cache=False, **overrides)
 
 
 def test_good_small_answer_is_kept_and_internal_logprobs_do_not_leak(http: httpx.Client) -> None:
@@ -50,3 +46,23 @@ def test_escalated_stream_never_shows_small_tier_text(http: httpx.Client) -> Non
     chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
     assert lines[-1] == "data: [DONE]"
     assert {chunk["model"] for chunk in chunks} == {"cascade-large"}
+
+
+def test_routed_requests_survive_a_killed_router_replica(http: httpx.Client) -> None:
+    import ray
+
+    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    try:
+        (router,) = [
+            actor
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if "#router#" in actor["name"]
+        ]
+        ray.kill(ray.get_actor(router["name"], namespace=router["namespace"]), no_restart=True)
+        for question in ("What is the capital of Spain?", "Name a primary colour."):
+            response = http.post("/v1/chat/completions", json=_chat(question))
+            assert response.status_code == 200, response.text
+            assert response.headers["x-cascade-route"] in {"small", "large"}
+            assert response.json()["choices"][0]["message"]["content"]
+    finally:
+        ray.shutdown()
