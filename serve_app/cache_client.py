@@ -11,20 +11,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ray.exceptions import RayError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.cache_keys import CacheKey, cache_key_for_request
 from serve_app.config import CacheConfig
-from serve_app.errors import InvalidRequestError
+from serve_app.errors import DEPLOYMENT_CALL_FAILURES, InvalidRequestError
 from serve_app.metrics import IngressMetrics
 from serve_app.openai_protocol import Answer, RequestKind
 
 logger = logging.getLogger("ray.serve")
 
 CLIENT_TTL_HEADER = "x-cascade-cache-ttl-s"
-_CACHE_FAILURES = (RayError, BackPressureError, DeploymentUnavailableError, TimeoutError)
+_CACHE_FAILURES = (*DEPLOYMENT_CALL_FAILURES, TimeoutError)
 
 
 @dataclass(frozen=True)

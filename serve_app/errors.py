@@ -9,6 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+# A call to another deployment failed in Ray or Serve (dead replica, overload, no replica),
+# as opposed to the callee refusing the request.
+DEPLOYMENT_CALL_FAILURES = (RayError, BackPressureError, DeploymentUnavailableError)
+
 
 class CascadeError(Exception):
     """Base class: carries the HTTP status and OpenAI error type of the failure."""

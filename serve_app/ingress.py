@@ -17,8 +17,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.exceptions import RayError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import Authenticator, RateLimiter
@@ -26,6 +24,7 @@ from serve_app.cache_client import CacheClient, CacheTicket
 from serve_app.config import TIER_NAMES, CascadeConfig, TierName
 from serve_app.cost_model import RequestCost, TierPrice, cpu_usd
 from serve_app.errors import (
+    DEPLOYMENT_CALL_FAILURES,
     AdminAuthError,
     CascadeError,
     InvalidRequestError,
@@ -52,8 +51,6 @@ from serve_app.tier_client import TierClient
 
 logger = logging.getLogger("ray.serve")
 
-ROUTER_FAILURES = (RayError, BackPressureError, DeploymentUnavailableError)
-
 fastapi_app = FastAPI(title="LLM cascade", description="OpenAI-compatible cost-optimising cascade")
 
 
@@ -67,6 +64,19 @@ async def _cascade_error_handler(_: Request, error: CascadeError) -> JSONRespons
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
     return JSONResponse(openai_error_body(InvalidRequestError(str(error))), status_code=400)
+
+
+def _context_limits(config: CascadeConfig) -> dict[TierName | None, int | None]:
+    """Context length a request must fit, by pinned tier; None (routed): the smaller of both."""
+
+    def limit(tiers: list[TierName]) -> int | None:
+        lengths = [config.tiers[t].engine_kwargs.get("max_model_len") for t in tiers]
+        known = [int(length) for length in lengths if length]
+        return min(known) if known else None
+
+    limits: dict[TierName | None, int | None] = {t: limit([t]) for t in TIER_NAMES}
+    limits[None] = limit(list(TIER_NAMES))
+    return limits
 
 
 def _discard_outcome(task: asyncio.Future[Any]) -> None:
@@ -107,6 +117,7 @@ class CascadeIngress:
         }
         self.router = router
         self.metrics = IngressMetrics.create()
+        self.context_limits = _context_limits(self.config)
         self.fallback_router = Router({"threshold": self.config.router.threshold})
         self.auth = Authenticator(self.config.auth)
         self.rate_limiter = RateLimiter()
@@ -199,7 +210,7 @@ class CascadeIngress:
         self.rate_limiter.admit(caller)
         body = parse_request_body(raw, kind)
         pinned_tier = self._pinned_tier(body["model"])
-        check_request_limits(body, kind, self.config.limits, self._max_model_len(pinned_tier))
+        check_request_limits(body, kind, self.config.limits, self.context_limits[pinned_tier])
         trace = RequestTrace(
             pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]), caller=caller
         )
@@ -236,13 +247,6 @@ class CascadeIngress:
             self.rate_limiter.charge_tokens(trace.caller, tokens)
         if streamed:
             self.metrics.observe_ttft(trace, latency_s)
-
-    def _max_model_len(self, pinned: TierName | None) -> int | None:
-        """Context length a request must fit: its tier's, or the smaller of both when routed."""
-        tiers = [pinned] if pinned else list(TIER_NAMES)
-        lengths = [self.config.tiers[t].engine_kwargs.get("max_model_len") for t in tiers]
-        known = [int(length) for length in lengths if length]
-        return min(known) if known else None
 
     def _pinned_tier(self, model: str) -> TierName | None:
         if model == self.config.ingress.cascade_model_id:
@@ -288,7 +292,7 @@ class CascadeIngress:
         text = routing_text(body, kind)
         try:
             decision = await self.router.route.remote(text)
-        except ROUTER_FAILURES as e:
+        except DEPLOYMENT_CALL_FAILURES as e:
             # Router down: the documented heuristic, computed here, keeps requests flowing.
             logger.warning("Router unavailable (%s); routing with the heuristic", type(e).__name__)
             self.metrics.router_fallbacks.inc()
