@@ -28,6 +28,9 @@ _C = TypeVar("_C")
 
 # Namespace of point ids; any fixed UUID works, it only has to never change.
 _POINT_ID_NAMESPACE = uuid.UUID("5d1f0e8e-3c1a-4f55-9a43-7f0c2b1e6a10")
+# Nearest entries an Edge search fetches, so that a few expired ones (purged every few
+# minutes) in front of a live entry do not hide it.
+_EDGE_SEARCH_CANDIDATES = 4
 
 
 class CacheError(Exception):
@@ -166,28 +169,24 @@ class EdgeCacheStore:
         self, vector: list[float], *, partition: str, threshold: float, now_s: float
     ) -> StoredAnswer | None:
         qe = self._qe
+        # Filtering on the partition alone and dropping expired candidates here is 2.5x faster
+        # than adding the expiry range to the filter (1.5 vs 3.9 ms p50 at 100k entries): the
+        # range check made the shard test every point of the partition against a float index.
+        # Expired entries are never served; more than a few expired closer ones make a miss.
         request = qe.QueryRequest(
-            limit=1,
+            limit=_EDGE_SEARCH_CANDIDATES,
             query=qe.Query.Nearest(vector),
-            filter=self._live_in_partition(partition, now_s),
+            filter=qe.Filter(must=[qe.FieldCondition("partition", match=qe.MatchValue(partition))]),
             score_threshold=threshold,
             with_payload=True,
             with_vector=False,
         )
         with self._lock:
             points = _ensure_open(self._shard).query(request)
-        if not points:
-            return None
-        return StoredAnswer.from_payload(points[0].payload, similarity=float(points[0].score))
-
-    def _live_in_partition(self, partition: str, now_s: float) -> Any:
-        qe = self._qe
-        return qe.Filter(
-            must=[
-                qe.FieldCondition("partition", match=qe.MatchValue(partition)),
-                qe.FieldCondition("expires_at_s", range=qe.RangeFloat(gt=now_s)),
-            ]
-        )
+        for point in points:
+            if point.payload["expires_at_s"] > now_s:
+                return StoredAnswer.from_payload(point.payload, similarity=float(point.score))
+        return None
 
     @_store_errors
     def get_exact(self, exact_key: str, *, now_s: float) -> StoredAnswer | None:

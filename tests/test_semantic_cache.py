@@ -7,6 +7,7 @@ mode (the stand-in for a Qdrant server), through the same `SemanticCache` the ap
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -526,3 +527,19 @@ def test_make_cache_store_builds_local_qdrant_and_checks_the_key(
     )
     with pytest.raises(ValueError, match="CASCADE_TEST_QDRANT_KEY"):
         make_cache_store(missing_key, dim=8)
+
+
+def test_expired_closer_entry_neither_served_nor_hides_a_live_one(
+    store: CacheStore, embedder: SentenceTransformerEmbedder
+) -> None:
+    from benchmarks.cache_benchmark import _synthetic_entry
+
+    question = embedder.embed(QUESTION)
+    live = _synthetic_entry(1, 0)
+    expired = dataclasses.replace(_synthetic_entry(2, 0), expires_at_s=live.created_at_s - 1)
+    store.upsert(embedder.embed(PARAPHRASE), live)
+    store.upsert(question, expired)  # identical vector: the closest candidate
+
+    found = store.search(question, partition=live.partition, threshold=0.5, now_s=live.created_at_s)
+
+    assert found is not None and found.exact_key == live.exact_key
