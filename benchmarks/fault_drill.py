@@ -25,8 +25,8 @@ from typing import Any
 from benchmarks.faults import (
     cache_answers,
     connect_to_stack,
-    engine_process_count,
     kill_replicas,
+    orphaned_engine_processes,
     tier_answers,
     wait_until,
 )
@@ -58,8 +58,8 @@ class DrillResult:
     kill_at_s: float
     outcomes: list[Outcome]
     recovery_s: float | None
-    engine_processes_before: int
-    engine_processes_after: int
+    orphaned_engines_before: int
+    orphaned_engines_after: int
 
     def failovers(self) -> int:
         """Requests after the kill the router sent to the small tier, answered by the large."""
@@ -82,9 +82,9 @@ class DrillResult:
                 o.headers.get("x-cascade-cache") == "error" for o in self.outcomes
             ),
             "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 1),
-            "engine_processes_before_after": [
-                self.engine_processes_before,
-                self.engine_processes_after,
+            "orphaned_vllm_processes_before_after": [
+                self.orphaned_engines_before,
+                self.orphaned_engines_after,
             ],
         }
 
@@ -101,8 +101,8 @@ def run_drill(
 ) -> DrillResult:
     """Load for `duration_s`, kill at `kill_at_s`, then wait (load still running) for recovery."""
     fault = FAULTS[fault_name]
-    connect_to_stack()
-    engines_before = engine_process_count()
+    connect_to_stack(base_url)
+    orphans_before = orphaned_engine_processes()
     outcomes: list[Outcome] = []
 
     def load() -> None:
@@ -131,8 +131,8 @@ def run_drill(
         actual_kill_at_s,
         outcomes,
         recovery_s,
-        engines_before,
-        engine_process_count(),
+        orphans_before,
+        orphaned_engine_processes(),
     )
 
 

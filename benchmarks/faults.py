@@ -7,9 +7,11 @@ them, and measure how long the service takes to answer through the replacement a
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -42,11 +44,31 @@ def kill_replicas(deployment: str) -> int:
     return len(names)
 
 
-def connect_to_stack() -> None:
+def stack_ray_address(base_url: str) -> str:
+    """GCS address of the Ray cluster serving `base_url`.
+
+    Not `address="auto"`: that is the most recently started cluster on the machine, which
+    may be someone else's; killing its replicas would be a fault drill on the wrong stack.
+    The process listening on the HTTP port is Serve's proxy actor, a child of its raylet.
+    """
+    port = urlsplit(base_url).port or 80
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+            process: psutil.Process | None = psutil.Process(connection.pid)
+            while process is not None:
+                for arg in process.cmdline():
+                    if arg.startswith("--gcs-address="):
+                        return arg.split("=", 1)[1]
+                process = process.parent()
+    raise RuntimeError(f"no Ray cluster found serving {base_url}")
+
+
+def connect_to_stack(base_url: str) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="auto", namespace="serve", log_to_driver=False)
+        address = os.environ.get("RAY_ADDRESS") or stack_ray_address(base_url)
+        ray.init(address=address, namespace="serve", log_to_driver=False)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 1.0) -> float:
@@ -107,12 +129,14 @@ def stack_memory_mb() -> dict[str, float]:
     return {kind: round(mb, 1) for kind, mb in totals.items()}
 
 
-def engine_process_count() -> int:
-    """vLLM engine-core processes alive: an orphan left by a killed replica shows up here."""
+def orphaned_engine_processes() -> int:
+    """vLLM engine processes whose parent died (re-parented to init): what a killed replica
+    would leave behind, holding GBs of RAM, if vLLM did not stop with its parent."""
     count = 0
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.process_iter(["cmdline", "ppid"]):
         try:
-            if "VLLM::EngineCore" in " ".join(process.info["cmdline"] or []):
+            label = " ".join(process.info["cmdline"] or [])
+            if label.startswith("VLLM::") and process.info["ppid"] == 1:
                 count += 1
         except psutil.Error:
             continue

@@ -38,4 +38,4 @@ def test_killed_small_tier_replica_fails_over_to_large(cascade_url: str) -> None
     assert summary["failovers_small_to_large"] > 0
     assert result.recovery_s is not None and result.recovery_s <= 300
     # The killed replica's vLLM engine must not linger as an orphan holding GBs of RAM.
-    assert result.engine_processes_after <= result.engine_processes_before
+    assert result.orphaned_engines_after <= result.orphaned_engines_before
