@@ -142,10 +142,15 @@ def _json_depth_exceeds(value: Any, max_depth: int) -> bool:
     return False
 
 
+def _refuse_non_json_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity; JSON does not, and no engine field wants them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_json_object(raw: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        body = json.loads(raw, parse_constant=_refuse_non_json_constant)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise InvalidRequestError(f"Request body is not valid JSON: {e}") from e
     except RecursionError as e:
         raise InvalidRequestError(f"Request body nests deeper than {max_depth} levels.") from e

@@ -106,6 +106,12 @@ def test_deeply_nested_json_is_a_400_not_a_crash(depth: int) -> None:
         parse_json_object(nested, max_depth=32)
 
 
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_numbers_are_a_400(constant: bytes) -> None:
+    with pytest.raises(InvalidRequestError, match="not valid JSON"):
+        parse_json_object(b'{"model": "cascade", "temperature": ' + constant + b"}")
+
+
 def test_nesting_within_the_limit_is_accepted() -> None:
     nested = b'{"extra": ' + b"[" * 30 + b"]" * 30 + b"}"
     assert parse_json_object(nested, max_depth=32)["extra"]
