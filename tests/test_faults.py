@@ -24,6 +24,7 @@ def _assert_every_request_answered(summary: dict) -> None:
 def test_killed_cache_replica_fails_open(cascade_url: str) -> None:
     result = run_drill("semantic-cache", cascade_url, duration_s=15, kill_at_s=3)
     summary = result.summary()
+    print(summary)
     _assert_every_request_answered(summary)
     assert summary["success_rate"] == 1.0, summary["classes"]
     assert summary["cache_fail_opens"] > 0  # requests went on without the cache
@@ -33,6 +34,7 @@ def test_killed_cache_replica_fails_open(cascade_url: str) -> None:
 def test_killed_small_tier_replica_fails_over_to_large(cascade_url: str) -> None:
     result = run_drill("llm-small", cascade_url, duration_s=20, kill_at_s=3)
     summary = result.summary()
+    print(summary)
     _assert_every_request_answered(summary)
     assert summary["success_rate"] >= 0.95, summary["classes"]
     assert summary["failovers_small_to_large"] > 0
