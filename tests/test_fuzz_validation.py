@@ -8,6 +8,8 @@ in tests/test_fuzz_ingress.py.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from fastapi import FastAPI, Request
@@ -21,7 +23,7 @@ from serve_app.errors import CascadeError, openai_error_body
 from serve_app.openai_protocol import RequestKind, parse_request_body, request_json_schema
 from serve_app.request_limits import check_request_limits, read_body
 
-CASES_PER_OPERATION_AND_MODE = 60
+CASES_PER_OPERATION_AND_MODE = int(os.environ.get("CASCADE_FUZZ_VALIDATION_CASES", "60"))
 MAX_MODEL_LEN = 2048
 
 
