@@ -152,9 +152,7 @@ class CascadeIngress:
 
     # ---- endpoints ---------------------------------------------------------------------
 
-    @fastapi_app.post(
-        "/v1/chat/completions", openapi_extra=_json_body(request_json_schema("chat"))
-    )
+    @fastapi_app.post("/v1/chat/completions", openapi_extra=_json_body(request_json_schema("chat")))
     async def chat_completions(self, request: Request) -> Response:
         return await self._handle(request, "chat")
 

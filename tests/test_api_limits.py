@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -226,6 +227,10 @@ def test_client_disconnect_mid_stream_aborts_the_generation(cascade_url: str) ->
         _assert_small_tier_answers_promptly(client)
 
 
+@pytest.mark.skipif(
+    os.environ.get("CASCADE_LOAD_AND_FAULT_TESTS") != "1",
+    reason="set CASCADE_LOAD_AND_FAULT_TESTS=1 (not yet verified on the live stack)",
+)
 def test_overload_gets_a_fast_503_with_retry_after(cascade_url: str) -> None:
     capacity = 2 * _ENGINE_SLOTS  # the tier's max_ongoing_requests + max_queued_requests
     body = {**_LONG_GENERATION, "max_tokens": 24}
