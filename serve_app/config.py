@@ -231,6 +231,9 @@ class LimitsConfig(StrictModel):
 
     max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger bodies get 413.")
     max_messages: int = Field(default=256, gt=0)
+    max_json_depth: int = Field(
+        default=32, gt=0, description="Deeper nesting of objects/arrays in a body gets 400."
+    )
 
 
 class CascadeConfig(StrictModel):

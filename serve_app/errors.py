@@ -17,6 +17,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 DEPLOYMENT_CALL_FAILURES = (RayError, BackPressureError, DeploymentUnavailableError)
 
 
+def _retry_after_header(retry_after_s: float) -> dict[str, str]:
+    return {"retry-after": str(max(1, math.ceil(retry_after_s)))}
+
+
 class CascadeError(Exception):
     """Base class: carries the HTTP status and OpenAI error type of the failure."""
 
@@ -64,7 +68,7 @@ class RateLimitError(CascadeError):
 
     def __init__(self, message: str, *, retry_after_s: float):
         super().__init__(message, code="rate_limit_exceeded")
-        self.headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))}
+        self.headers = _retry_after_header(retry_after_s)
 
 
 class AdminAuthError(CascadeError):
@@ -77,6 +81,19 @@ class TierUnavailableError(CascadeError):
 
     status_code = 503
     error_type = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 5.0):
+        super().__init__(message)
+        # A replica restarts or a circuit closes within seconds: tell clients when to retry.
+        self.headers = _retry_after_header(retry_after_s)
+
+
+class OverloadedError(TierUnavailableError):
+    """A tier's queue is full (Ray Serve backpressure): refused at once instead of waiting."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message, retry_after_s=retry_after_s or 1.0)
+        self.code = "overloaded"
 
 
 class UpstreamError(CascadeError):

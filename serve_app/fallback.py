@@ -17,7 +17,7 @@ from typing import Any
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import TIER_NAMES, QualityConfig, TierName
 from serve_app.cost_model import TierPrice
-from serve_app.errors import CascadeError, TierUnavailableError
+from serve_app.errors import CascadeError, OverloadedError, TierUnavailableError
 from serve_app.openai_protocol import (
     Answer,
     RequestKind,
@@ -142,7 +142,8 @@ class TierFallback:
         try:
             result = await call
         except CascadeError as error:
-            if _is_tier_failure(error):
+            # A full queue is load, not a broken tier: it must not open the circuit.
+            if _is_tier_failure(error) and not isinstance(error, OverloadedError):
                 self.breakers[tier].record_failure()
             raise
         self.breakers[tier].record_success()

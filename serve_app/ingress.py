@@ -41,10 +41,11 @@ from serve_app.openai_protocol import (
     parse_json_object,
     parse_request_body,
     replay_as_sse,
+    request_json_schema,
     response_json,
     validate_request,
 )
-from serve_app.request_limits import check_request_limits, read_body
+from serve_app.request_limits import check_request_limits, read_body, request_timeout_s
 from serve_app.request_trace import RequestTrace
 from serve_app.router import Router, routing_text
 from serve_app.tier_client import TierClient
@@ -99,6 +100,26 @@ def _sse_response(
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI `requestBody` of an endpoint that parses its body itself (for limits and 400s).
+
+    The schema documents the API and drives the schemathesis fuzzing of the ingress.
+    """
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_INVALIDATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "tenant": {"type": "string"},
+        "tenant_api_key": {"type": "string"},
+        "model": {"type": "string"},
+    },
+}
+
+
 @serve.ingress(fastapi_app)
 class CascadeIngress:
     def __init__(
@@ -131,11 +152,13 @@ class CascadeIngress:
 
     # ---- endpoints ---------------------------------------------------------------------
 
-    @fastapi_app.post("/v1/chat/completions")
+    @fastapi_app.post("/v1/chat/completions", openapi_extra=_json_body(request_json_schema("chat")))
     async def chat_completions(self, request: Request) -> Response:
         return await self._handle(request, "chat")
 
-    @fastapi_app.post("/v1/completions")
+    @fastapi_app.post(
+        "/v1/completions", openapi_extra=_json_body(request_json_schema("completion"))
+    )
     async def completions(self, request: Request) -> Response:
         return await self._handle(request, "completion")
 
@@ -153,10 +176,16 @@ class CascadeIngress:
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @fastapi_app.post("/v1/route")
+    @fastapi_app.post(
+        "/v1/route",
+        openapi_extra=_json_body(
+            {"anyOf": [request_json_schema("chat"), request_json_schema("completion")]}
+        ),
+    )
     async def route(self, request: Request) -> dict[str, Any]:
         """The router's decision for a chat or completion request, without generating."""
-        body = parse_json_object(await request.body())
+        raw = await read_body(request, self.config.limits)
+        body = parse_json_object(raw, max_depth=self.config.limits.max_json_depth)
         kind: RequestKind = "chat" if "messages" in body else "completion"
         body = validate_request(body, kind)
         decision = await self.router.route.remote(routing_text(body, kind))
@@ -169,11 +198,12 @@ class CascadeIngress:
             "latency_ms": decision.latency_ms,
         }
 
-    @fastapi_app.post("/admin/cache/invalidate")
+    @fastapi_app.post("/admin/cache/invalidate", openapi_extra=_json_body(_INVALIDATE_SCHEMA))
     async def invalidate_cache(self, request: Request) -> dict[str, Any]:
         """Delete cached answers of one tenant (by its API key) and/or one model, or all."""
         self._authorize_admin(request)
-        body = parse_json_object(await request.body() or b"{}")
+        raw = await read_body(request, self.config.limits)
+        body = parse_json_object(raw or b"{}", max_depth=self.config.limits.max_json_depth)
         unknown = set(body) - {"tenant", "tenant_api_key", "model"}
         if unknown:
             raise InvalidRequestError(f"Unknown fields: {sorted(unknown)}", param=min(unknown))
@@ -208,7 +238,8 @@ class CascadeIngress:
         raw = await read_body(request, self.config.limits)
         caller = self.auth.authenticate(request.headers)
         self.rate_limiter.admit(caller)
-        body = parse_request_body(raw, kind)
+        body = parse_request_body(raw, kind, max_depth=self.config.limits.max_json_depth)
+        timeout_s = request_timeout_s(request.headers, self.config.ingress.request_timeout_s)
         pinned_tier = self._pinned_tier(body["model"])
         check_request_limits(body, kind, self.config.limits, self.context_limits[pinned_tier])
         trace = RequestTrace(
@@ -227,14 +258,13 @@ class CascadeIngress:
             return self._cached_response(lookup, body, kind, trace)
         trace.tier = await routing
         try:
-            async with asyncio.timeout(self.config.ingress.request_timeout_s):
+            # On expiry the tier call is cancelled, which aborts the generation in the engine.
+            async with asyncio.timeout(timeout_s):
                 if body.get("stream"):
                     return await self._stream(body, kind, trace, ticket, started_s)
                 response = await self._complete(body, kind, trace, ticket)
         except TimeoutError as e:
-            raise RequestTimeoutError(
-                f"The request did not finish within {self.config.ingress.request_timeout_s} s."
-            ) from e
+            raise RequestTimeoutError(f"The request did not finish within {timeout_s:g} s.") from e
         self._record(trace, started_s)
         return response
 

@@ -11,9 +11,17 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from serve_app.errors import InvalidRequestError
 
@@ -21,34 +29,98 @@ RequestKind = Literal["chat", "completion"]
 
 # Extensions of the OpenAI request body that belong to the cascade and never reach the engine.
 CASCADE_EXTENSION_FIELDS = ("cache",)
+DEFAULT_MAX_JSON_DEPTH = 32
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    # JSON has one number type: `4.0` is a valid integer in JSON Schema and OpenAI's API.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_integral_float_to_int)]
+
+# vLLM takes a 64-bit seed; a larger one would fail inside the engine.
+_INT64_MAX = 2**63 - 1
 
 
 class _SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """The OpenAI fields the ingress checks itself; others pass through to the engine.
 
-    model: str = Field(min_length=1)
+    Strict: `"5"` is not a number and `1` is not a boolean, as in OpenAI's API; the body is
+    forwarded as sent, so a value coerced here would reach the engine in its original type.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1, description="`cascade` (routed) or a tier's model id.")
     stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
+    stream_options: dict[str, Any] | None = None
+    max_tokens: WholeNumber | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=16)
-    cache: bool = True
+    n: WholeNumber = Field(default=1, ge=1, le=16)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: WholeNumber | None = Field(default=None, ge=-_INT64_MAX - 1, le=_INT64_MAX)
+    stop: str | list[str] | None = Field(default=None)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    cache: bool = Field(default=True, description="Cascade extension: false bypasses the cache.")
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > 4 or "" in stops:
+            raise ValueError("at most 4 stop sequences, none of them empty")
+        return stop
+
+    @field_validator("n")
+    @classmethod
+    def _several_choices_need_sampling(cls, n: int, info: ValidationInfo) -> int:
+        # `temperature` is declared before `n`, so it is already validated here.
+        if n > 1 and info.data.get("temperature") == 0:
+            raise ValueError("n > 1 needs temperature > 0: greedy choices would be identical")
+        return n
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.isdigit() or not -100 <= value <= 100:
+                raise ValueError("keys must be token ids and values within [-100, 100]")
+        return bias
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text"]
+    text: str
 
 
 class _ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Both tiers are text models: image or audio parts are refused here, not in the engine.
+    content: str | list[_TextPart] | None = None
+    name: str | None = None
 
 
 class ChatRequestFields(_SamplingFields):
     messages: list[_ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: WholeNumber | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: WholeNumber | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequestFields(_SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: str | list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    logprobs: WholeNumber | None = Field(default=None, ge=0, le=5)
+    echo: bool | None = None
 
 
 _FIELDS_BY_KIND: dict[RequestKind, type[_SamplingFields]] = {
@@ -57,31 +129,83 @@ _FIELDS_BY_KIND: dict[RequestKind, type[_SamplingFields]] = {
 }
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def _json_depth_exceeds(value: Any, max_depth: int) -> bool:
+    """Whether nested objects/arrays go deeper than `max_depth` (iterative: no recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _refuse_non_json_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity; JSON does not, and no engine field wants them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(raw: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        body = json.loads(raw, parse_constant=_refuse_non_json_constant)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise InvalidRequestError(f"Request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise InvalidRequestError(f"Request body nests deeper than {max_depth} levels.") from e
     if not isinstance(body, dict):
         raise InvalidRequestError("Request body must be a JSON object.")
+    if _json_depth_exceeds(body, max_depth):
+        raise InvalidRequestError(f"Request body nests deeper than {max_depth} levels.")
     return body
 
 
-def parse_request_body(raw: bytes, kind: RequestKind) -> dict[str, Any]:
+def parse_request_body(
+    raw: bytes, kind: RequestKind, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> dict[str, Any]:
     """Decode and validate a request body; returns the body as a plain dict."""
-    return validate_request(parse_json_object(raw), kind)
+    return validate_request(parse_json_object(raw, max_depth=max_depth), kind)
 
 
 def validate_request(body: dict[str, Any], kind: RequestKind) -> dict[str, Any]:
     try:
         _FIELDS_BY_KIND[kind].model_validate(body)
     except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        # Of a union's failed branches, the deepest location names the field best.
+        deepest = max(e.errors(), key=lambda error: len(error["loc"]))
+        param = ".".join(str(part) for part in _field_path(deepest["loc"])) or None
         raise InvalidRequestError(
-            f"Invalid value for '{param}': {first['msg']}", param=param
+            f"Invalid value for '{param}': {deepest['msg']}", param=param
         ) from e
     return body
+
+
+def _field_path(loc: tuple[Any, ...]) -> list[Any]:
+    """The body path of a pydantic error location, without union branch names (`list[str]`)."""
+    scalar_branches = {"str", "int", "float", "bool", "none"}
+    return [
+        part
+        for part in loc
+        if isinstance(part, int) or (part.isidentifier() and part not in scalar_branches)
+    ]
+
+
+def request_json_schema(kind: RequestKind) -> dict[str, Any]:
+    """JSON schema of a request body, self-contained (no `$defs`), for the OpenAPI document."""
+    schema = _FIELDS_BY_KIND[kind].model_json_schema()
+    definitions = schema.pop("$defs", {})
+    return _inline_refs(schema, definitions)
+
+
+def _inline_refs(node: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
+        return {key: _inline_refs(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(item, definitions) for item in node]
+    return node
 
 
 def engine_body(body: dict[str, Any], *, model: str, stream: bool) -> dict[str, Any]:

@@ -48,3 +48,24 @@ def check_request_limits(
                 "including the prompt.",
                 param=param,
             )
+
+
+CLIENT_TIMEOUT_HEADER = "x-cascade-timeout-s"
+
+
+def request_timeout_s(headers: Any, configured_s: float) -> float:
+    """The request's deadline: the configured one, or the client's own if it is shorter.
+
+    A client that gives up after N seconds gains nothing from a generation that runs longer;
+    with its deadline the cascade aborts the generation and frees the engine slot at N.
+    """
+    raw = headers.get(CLIENT_TIMEOUT_HEADER)
+    if raw is None:
+        return configured_s
+    try:
+        client_s = float(raw)
+    except ValueError as e:
+        raise InvalidRequestError(f"{CLIENT_TIMEOUT_HEADER} must be a number of seconds.") from e
+    if not 0 < client_s < float("inf"):
+        raise InvalidRequestError(f"{CLIENT_TIMEOUT_HEADER} must be a positive number.")
+    return min(client_s, configured_s)

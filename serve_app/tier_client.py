@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,12 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.errors import InvalidRequestError, TierUnavailableError, UpstreamError
+from serve_app.errors import (
+    InvalidRequestError,
+    OverloadedError,
+    TierUnavailableError,
+    UpstreamError,
+)
 from serve_app.openai_protocol import (
     Answer,
     RequestKind,
@@ -43,6 +49,14 @@ def _engine_request(body: dict[str, Any], kind: RequestKind, *, model: str, stre
         raise InvalidRequestError(
             f"Invalid value for '{param}': {first['msg']}", param=param
         ) from e
+
+
+def _tier_failure(model_id: str, error: BaseException) -> TierUnavailableError:
+    if isinstance(error, BackPressureError):
+        return OverloadedError(
+            f"Tier {model_id} is at capacity; retry later.", retry_after_s=error.retry_after_s
+        )
+    return TierUnavailableError(f"Tier {model_id} is unavailable: {error}")
 
 
 def _raise_if_error(item: Any) -> None:
@@ -77,11 +91,20 @@ class TierStream:
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
         """Each SSE event (vLLM's null extensions dropped) with its decoded payload."""
-        for event in _split_events(self._first):
-            yield self._observe(event)
-        async for item in self._rest:
-            for event in _split_events(item):
+        try:
+            for event in _split_events(self._first):
                 yield self._observe(event)
+            async for item in self._rest:
+                for event in _split_events(item):
+                    yield self._observe(event)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away (or timed out): abort the generation so the engine frees
+            # its slot instead of generating for nobody.
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        self._rest.cancel()
 
     def _observe(self, event: str) -> tuple[str, dict[str, Any] | None]:
         payload = parse_sse_event(event)
@@ -107,12 +130,17 @@ class TierClient:
 
     async def complete(self, body: dict[str, Any], kind: RequestKind) -> dict[str, Any]:
         """One non-streamed response as a plain dict."""
+        response = self._call(body, kind, stream=False)
         try:
-            async for item in self._call(body, kind, stream=False):
+            async for item in response:
                 _raise_if_error(item)
                 return without_engine_nulls(item.model_dump())
         except _TIER_FAILURES as e:
-            raise TierUnavailableError(f"Tier {self.model_id} is unavailable: {e}") from e
+            raise _tier_failure(self.model_id, e) from e
+        except asyncio.CancelledError:
+            # Timed out or the client left: abort the generation in the engine.
+            response.cancel()
+            raise
         raise TierUnavailableError(f"Tier {self.model_id} returned no response.")
 
     async def open_stream(self, body: dict[str, Any], kind: RequestKind) -> TierStream:
@@ -122,6 +150,9 @@ class TierClient:
         except StopAsyncIteration as e:
             raise TierUnavailableError(f"Tier {self.model_id} returned an empty stream.") from e
         except _TIER_FAILURES as e:
-            raise TierUnavailableError(f"Tier {self.model_id} is unavailable: {e}") from e
+            raise _tier_failure(self.model_id, e) from e
+        except asyncio.CancelledError:
+            generator.cancel()
+            raise
         _split_events(first)  # raises before any byte is sent if the engine refused
         return TierStream(first, generator, StreamAccumulator(kind, self.model_id))

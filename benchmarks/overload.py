@@ -1,0 +1,89 @@
+"""Overload: offer a tier 4x the requests it admits and time the refusals.
+
+A tier admits `max_ongoing_requests + max_queued_requests` requests at once (32 in
+configs/local.yaml); beyond that the ingress refuses with an OpenAI-shaped 503 + Retry-After
+instead of letting requests wait into a timeout. This runs `--factor` x that many clients
+(closed loop, loopback) against the pinned small tier, cache bypassed, and reports:
+- how fast refusals are answered (target: p99 <= 100 ms),
+- lost requests: no HTTP answer, a hang, or an error that is not OpenAI-shaped (target: 0),
+- the admitted requests' latency and the refusal share.
+Clients honour Retry-After (as the OpenAI SDK does) unless `--no-retry-after`.
+
+    python -m benchmarks.overload --factor 4 --duration-s 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from benchmarks.loadgen import Outcome, percentile_ms, run_load, summarize
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TIER_ADMITS = 32  # max_ongoing_requests (16) + max_queued_requests (16) of configs/local.yaml
+
+
+def overload_body(model: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "cache": False,
+    }
+
+
+def overload_report(outcomes: list[Outcome], clients: int, wall_s: float) -> dict[str, Any]:
+    rejected = [o.latency_s for o in outcomes if o.status in (429, 503) and o.well_formed]
+    lost = [o for o in outcomes if not o.well_formed]
+    return {
+        "clients": clients,
+        "wall_s": round(wall_s, 1),
+        **summarize(outcomes),
+        "rejected": len(rejected),
+        "rejected_latency_ms": {
+            "p50": percentile_ms(rejected, 50),
+            "p99": percentile_ms(rejected, 99),
+            "max": percentile_ms(rejected, 100),
+        },
+        "lost": len(lost),
+        "answered_per_s": round(sum(o.ok for o in outcomes) / wall_s, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--model", default="cascade-small", help="pinned tier (or `cascade`)")
+    parser.add_argument("--factor", type=float, default=4.0, help="clients / tier admission")
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--no-retry-after", action="store_true", help="retry refusals at once")
+    parser.add_argument("--out", help="write the report here as JSON")
+    args = parser.parse_args(argv)
+    clients = int(args.factor * TIER_ADMITS)
+    body = overload_body(args.model, args.max_tokens)
+    print(f"{clients} clients on {args.model} for {args.duration_s:.0f} s", flush=True)
+    started = time.perf_counter()
+    outcomes = asyncio.run(
+        run_load(
+            args.url,
+            concurrency=clients,
+            duration_s=args.duration_s,
+            body_for=lambda _: body,
+            timeout_s=180.0,
+            respect_retry_after=not args.no_retry_after,
+        )
+    )
+    report = overload_report(outcomes, clients, time.perf_counter() - started)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

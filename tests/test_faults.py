@@ -1,0 +1,50 @@
+"""Replica kills under a concurrency-16 load on the live stack (short CI versions).
+
+Each test kills a Serve replica actor while 16 clients send routed requests, checks what the
+clients saw, then waits until the replacement serves again, so the shared stack is healthy
+for whatever runs next. They disrupt the stack, so conftest runs them after all other tests.
+`python -m benchmarks.fault_drill` is the full drill (longer load, recovery figures).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmarks.fault_drill import run_drill
+
+# Not yet run on the live stack (no lock slot before the deadline): opt in until verified.
+LOAD_AND_FAULT_TESTS = pytest.mark.skipif(
+    os.environ.get("CASCADE_LOAD_AND_FAULT_TESTS") != "1",
+    reason="set CASCADE_LOAD_AND_FAULT_TESTS=1 (not yet verified on the live stack)",
+)
+pytestmark = [pytest.mark.disruptive, LOAD_AND_FAULT_TESTS]
+
+
+def _assert_every_request_answered(summary: dict) -> None:
+    classes = summary["classes"]
+    assert summary["well_formed_rate"] == 1.0, classes  # no hang, lost or malformed answer
+    assert "hang" not in classes and "lost" not in classes
+
+
+def test_killed_cache_replica_fails_open(cascade_url: str) -> None:
+    result = run_drill("semantic-cache", cascade_url, duration_s=15, kill_at_s=3)
+    summary = result.summary()
+    print(summary)
+    _assert_every_request_answered(summary)
+    assert summary["success_rate"] == 1.0, summary["classes"]
+    assert summary["cache_fail_opens"] > 0  # requests went on without the cache
+    assert result.recovery_s is not None and result.recovery_s <= 120
+
+
+def test_killed_small_tier_replica_fails_over_to_large(cascade_url: str) -> None:
+    result = run_drill("llm-small", cascade_url, duration_s=20, kill_at_s=3)
+    summary = result.summary()
+    print(summary)
+    _assert_every_request_answered(summary)
+    assert summary["success_rate"] >= 0.95, summary["classes"]
+    assert summary["failovers_small_to_large"] > 0
+    assert result.recovery_s is not None and result.recovery_s <= 300
+    # The killed replica's vLLM engine must not linger as an orphan holding GBs of RAM.
+    assert result.orphaned_engines_after <= result.orphaned_engines_before
