@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import Authenticator, RateLimiter
 from serve_app.cache_client import CacheClient, CacheTicket
-from serve_app.config import TIER_NAMES, CascadeConfig, TierName
+from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
 from serve_app.cost_model import RequestCost, TierPrice, cpu_usd
 from serve_app.errors import (
     DEPLOYMENT_CALL_FAILURES,
@@ -97,6 +97,31 @@ def _sse_response(
     # A relayed stream's cost is known only at its end, after the headers have left.
     headers["x-cascade-cost-final"] = "true" if cost_final else "false"
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+QualityMode = Literal["off", "hold", "relay"]
+QUALITY_MODE_HEADER = "x-cascade-quality"
+_QUALITY_MODES: tuple[QualityMode, ...] = ("off", "hold", "relay")
+
+
+def _quality_mode(config: QualityConfig, headers: Any) -> QualityMode:
+    """This request's quality gate: the config's, or the client's `x-cascade-quality` header.
+
+    `hold` judges a routed small-tier answer before any byte leaves; `relay` streams it as it
+    comes (errors before the first token still fail over; non-streamed answers are still
+    judged); `off` skips the quality checks altogether.
+    """
+    default: QualityMode = config.stream_mode if config.enabled else "off"
+    asked = headers.get(QUALITY_MODE_HEADER)
+    if asked is None or not config.allow_client_override:
+        return default
+    mode = asked.strip().lower()
+    if mode not in _QUALITY_MODES:
+        raise InvalidRequestError(
+            f"{QUALITY_MODE_HEADER} must be one of {', '.join(_QUALITY_MODES)}; got {asked!r}.",
+            param=QUALITY_MODE_HEADER,
+        )
+    return mode  # type: ignore[return-value]
 
 
 @serve.ingress(fastapi_app)
@@ -210,6 +235,7 @@ class CascadeIngress:
         self.rate_limiter.admit(caller)
         body = parse_request_body(raw, kind)
         pinned_tier = self._pinned_tier(body["model"])
+        quality_mode = _quality_mode(self.config.quality, request.headers)
         check_request_limits(body, kind, self.config.limits, self.context_limits[pinned_tier])
         trace = RequestTrace(
             pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]), caller=caller
@@ -229,8 +255,8 @@ class CascadeIngress:
         try:
             async with asyncio.timeout(self.config.ingress.request_timeout_s):
                 if body.get("stream"):
-                    return await self._stream(body, kind, trace, ticket, started_s)
-                response = await self._complete(body, kind, trace, ticket)
+                    return await self._stream(body, kind, trace, ticket, started_s, quality_mode)
+                response = await self._complete(body, kind, trace, ticket, quality_mode)
         except TimeoutError as e:
             raise RequestTimeoutError(
                 f"The request did not finish within {self.config.ingress.request_timeout_s} s."
@@ -322,8 +348,12 @@ class CascadeIngress:
         kind: RequestKind,
         trace: RequestTrace,
         ticket: CacheTicket | None,
+        quality_mode: QualityMode,
     ) -> Response:
-        response, answer = await self.fallback.answer(body, kind, trace)
+        check_quality = quality_mode != "off"
+        response, answer = await self.fallback.answer(
+            body, kind, trace, check_quality=check_quality
+        )
         self._store(ticket, answer, trace)
         return JSONResponse(response, headers=trace.headers())
 
@@ -340,14 +370,9 @@ class CascadeIngress:
         trace: RequestTrace,
         ticket: CacheTicket | None,
         started_s: float,
+        quality_mode: QualityMode,
     ) -> Response:
-        quality = self.config.quality
-        if (
-            not trace.pinned
-            and trace.tier == "small"
-            and quality.enabled
-            and (quality.stream_mode == "hold")
-        ):
+        if not trace.pinned and trace.tier == "small" and quality_mode == "hold":
             # Hold the small tier's answer until the gate has judged it, so the client never
             # sees small-tier text that an escalation would then replace.
             # An escalated answer was generated non-streamed by the large tier; replay it too.
