@@ -56,10 +56,21 @@ def openai_client(cascade_url: str):
     return OpenAI(base_url=f"{cascade_url}/v1", api_key="test-key", max_retries=0, timeout=180)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "disrupts_stack: kills part of the shared live stack; runs after the others"
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests of the live stack last.
+    """Run the tests of the live stack last, and those that disrupt it after all others.
 
     Offline tests then fail fast, and none of them (some start a private one-CPU Ray) runs
     beside the stack's own Ray cluster and vLLM engines on a 2-core machine.
     """
-    items.sort(key=lambda item: "cascade_url" in getattr(item, "fixturenames", ()))
+    items.sort(
+        key=lambda item: (
+            "cascade_url" in getattr(item, "fixturenames", ()),
+            item.get_closest_marker("disrupts_stack") is not None,
+        )
+    )
