@@ -108,10 +108,10 @@ def _train_judge(outcomes, out: Path, quick: bool, seed: int):
         model=ModelConfig(base="packaged://all-minilm-l6-v2", mode="head", max_length=256),
         training=TrainingConfig(
             seeds=[seed],
-            max_epochs=40 if quick else 300,
+            max_epochs=40 if quick else 200,
             batch_size=256,
-            learning_rate=3e-4 if not quick else 1e-3,
-            patience_epochs=10 if quick else 30,
+            learning_rate=1e-3,
+            patience_epochs=10 if quick else 20,
             early_stopping_metric="roc_auc",
         ),
         evaluation=EvaluationConfig(latency_requests=0),
@@ -473,7 +473,8 @@ def run_checks(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ),
         "separation": results,
     }
-    judge_dir = out / "judge_mmlu" / "export"
+    judge_dir = Path(args.judge_checkpoint) if args.judge_checkpoint else None
+    judge_dir = judge_dir or out / "judge_mmlu" / "export"
     if judge_dir.is_dir():
         from serve_app.judge import AnswerJudge
 
@@ -655,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--completion-tokens", type=int, default=16, help="assumed tokens of an MMLU answer"
+    )
+    parser.add_argument(
+        "--judge-checkpoint",
+        help="judge the `checks` part also scores (default: the one `offline` wrote to --out)",
     )
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--check-questions", type=int, default=48)
