@@ -33,6 +33,10 @@ def cmd_import(args: argparse.Namespace) -> int:
             strong_column=args.large_column,
             contaminated=args.contaminated,
         )
+    elif args.format == "judge":
+        from router_training.judge_data import read_judge_jsonl
+
+        outcomes = [o for path in args.paths for o in read_judge_jsonl(path)]
     else:
         outcomes = [o for path in args.paths for o in data_mod.read_jsonl(path)]
     count = data_mod.write_jsonl(outcomes, args.out)
@@ -172,8 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("import", help="RouteLLM CSVs or generic JSONL -> outcomes JSONL")
-    p.add_argument("format", choices=["routellm", "jsonl"])
+    p = sub.add_parser("import", help="RouteLLM CSVs, generic or judge JSONL -> outcomes JSONL")
+    p.add_argument(
+        "format",
+        choices=["routellm", "jsonl", "judge"],
+        help="judge: rows of prompt, answer, label (1 = escalate) for the quality judge",
+    )
     p.add_argument("paths", nargs="+", help="files, or directories of RouteLLM *.csv")
     p.add_argument("--out", required=True)
     p.add_argument("--small-column", default=data_mod.ROUTELLM_WEAK_COLUMN)

@@ -181,6 +181,26 @@ class QualityConfig(StrictModel):
         description="When the large tier fails, answer routed requests from the small tier "
         "(flagged `x-cascade-degraded: true`) instead of returning an error.",
     )
+    judge_checkpoint: str | None = Field(
+        default=None,
+        description="Learned judge: a sequence-classifier directory exported by "
+        "`python -m router_training export` from judge data, scoring P(answer not good enough) "
+        "over (prompt, answer). Runs after the cheaper checks; a checkpoint that fails to load "
+        "is logged and skipped, never fatal.",
+    )
+    judge_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Escalate when the judge's score is at least this; unset: the threshold in "
+        "the judge's card, else 0.5.",
+    )
+    judge_max_length: int = Field(default=256, gt=0, description="Tokens the judge reads.")
+    allow_client_override: bool = Field(
+        default=True,
+        description="Honour a request's `x-cascade-quality: off|hold|relay` header, so a "
+        "client can trade the quality gate for time to first token (or skip it) per request.",
+    )
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 
 

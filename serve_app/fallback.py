@@ -28,6 +28,7 @@ from serve_app.openai_protocol import (
 )
 from serve_app.quality_check import QualityGate
 from serve_app.request_trace import RequestTrace
+from serve_app.router import routing_text
 from serve_app.tier_client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")
@@ -56,13 +57,23 @@ class TierFallback:
         }
 
     async def answer(
-        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        *,
+        check_quality: bool = True,
     ) -> tuple[dict[str, Any], Answer]:
-        """One complete (non-streamed) answer for the tier in `trace.tier`, with fallbacks."""
+        """One complete (non-streamed) answer for the tier in `trace.tier`, with fallbacks.
+
+        `check_quality=False` (a client's `x-cascade-quality: off`) skips the quality gate;
+        errors of the small tier still fail over when the config says so.
+        """
         if trace.pinned:
             return await self._ask(trace.tier, body, kind, trace)
-        if trace.tier == "small" and self.config.enabled:
-            return await self._ask_small_then_escalate(body, kind, trace)
+        if trace.tier == "small":
+            judged = check_quality and self.config.enabled
+            return await self._ask_small_then_escalate(body, kind, trace, judged)
         return await self._ask_large_or_degrade(body, kind, trace)
 
     async def open_stream(
@@ -83,11 +94,12 @@ class TierFallback:
         return stream
 
     async def _ask_small_then_escalate(
-        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, judged: bool
     ) -> tuple[dict[str, Any], Answer]:
         if not self.breakers["small"].allow():
             return await self._escalate(body, kind, trace, "small_circuit_open")
-        internal = with_internal_logprobs(body, kind) if self.gate.needs_logprobs else body
+        wants_logprobs = judged and self.gate.needs_logprobs
+        internal = with_internal_logprobs(body, kind) if wants_logprobs else body
         try:
             response, answer = await asyncio.wait_for(
                 self._ask("small", internal, kind, trace), self.config.small_tier_timeout_s
@@ -100,7 +112,9 @@ class TierFallback:
                 raise
             logger.warning("small tier failed (%s); escalating", error.message)
             return await self._escalate(body, kind, trace, "error")
-        reason = self.gate.escalation_reason(answer)
+        reason = None
+        if judged:
+            reason = await self.gate.judged_escalation_reason(routing_text(body, kind), answer)
         if reason:
             return await self._escalate(body, kind, trace, reason)
         if internal is not body and not client_asked_for_logprobs(body):

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import Authenticator, RateLimiter
 from serve_app.cache_client import CacheClient, CacheTicket
-from serve_app.config import TIER_NAMES, CascadeConfig, TierName
+from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
 from serve_app.cost_model import RequestCost, TierPrice, cpu_usd
 from serve_app.errors import (
     DEPLOYMENT_CALL_FAILURES,
@@ -118,6 +118,31 @@ _INVALIDATE_SCHEMA: dict[str, Any] = {
         "model": {"type": "string"},
     },
 }
+
+
+QualityMode = Literal["off", "hold", "relay"]
+QUALITY_MODE_HEADER = "x-cascade-quality"
+_QUALITY_MODES: tuple[QualityMode, ...] = ("off", "hold", "relay")
+
+
+def _quality_mode(config: QualityConfig, headers: Any) -> QualityMode:
+    """This request's quality gate: the config's, or the client's `x-cascade-quality` header.
+
+    `hold` judges a routed small-tier answer before any byte leaves; `relay` streams it as it
+    comes (errors before the first token still fail over; non-streamed answers are still
+    judged); `off` skips the quality checks altogether.
+    """
+    default: QualityMode = config.stream_mode if config.enabled else "off"
+    asked = headers.get(QUALITY_MODE_HEADER)
+    if asked is None or not config.allow_client_override:
+        return default
+    mode = asked.strip().lower()
+    if mode not in _QUALITY_MODES:
+        raise InvalidRequestError(
+            f"{QUALITY_MODE_HEADER} must be one of {', '.join(_QUALITY_MODES)}; got {asked!r}.",
+            param=QUALITY_MODE_HEADER,
+        )
+    return mode  # type: ignore[return-value]
 
 
 @serve.ingress(fastapi_app)
@@ -241,6 +266,7 @@ class CascadeIngress:
         body = parse_request_body(raw, kind, max_depth=self.config.limits.max_json_depth)
         timeout_s = request_timeout_s(request.headers, self.config.ingress.request_timeout_s)
         pinned_tier = self._pinned_tier(body["model"])
+        quality_mode = _quality_mode(self.config.quality, request.headers)
         check_request_limits(body, kind, self.config.limits, self.context_limits[pinned_tier])
         trace = RequestTrace(
             pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]), caller=caller
@@ -261,8 +287,8 @@ class CascadeIngress:
             # On expiry the tier call is cancelled, which aborts the generation in the engine.
             async with asyncio.timeout(timeout_s):
                 if body.get("stream"):
-                    return await self._stream(body, kind, trace, ticket, started_s)
-                response = await self._complete(body, kind, trace, ticket)
+                    return await self._stream(body, kind, trace, ticket, started_s, quality_mode)
+                response = await self._complete(body, kind, trace, ticket, quality_mode)
         except TimeoutError as e:
             raise RequestTimeoutError(f"The request did not finish within {timeout_s:g} s.") from e
         self._record(trace, started_s)
@@ -352,8 +378,12 @@ class CascadeIngress:
         kind: RequestKind,
         trace: RequestTrace,
         ticket: CacheTicket | None,
+        quality_mode: QualityMode,
     ) -> Response:
-        response, answer = await self.fallback.answer(body, kind, trace)
+        check_quality = quality_mode != "off"
+        response, answer = await self.fallback.answer(
+            body, kind, trace, check_quality=check_quality
+        )
         self._store(ticket, answer, trace)
         return JSONResponse(response, headers=trace.headers())
 
@@ -370,14 +400,9 @@ class CascadeIngress:
         trace: RequestTrace,
         ticket: CacheTicket | None,
         started_s: float,
+        quality_mode: QualityMode,
     ) -> Response:
-        quality = self.config.quality
-        if (
-            not trace.pinned
-            and trace.tier == "small"
-            and quality.enabled
-            and (quality.stream_mode == "hold")
-        ):
+        if not trace.pinned and trace.tier == "small" and quality_mode == "hold":
             # Hold the small tier's answer until the gate has judged it, so the client never
             # sees small-tier text that an escalation would then replace.
             # An escalated answer was generated non-streamed by the large tier; replay it too.

@@ -2,7 +2,9 @@
 
 Each check is a small callable returning the reason to escalate, or None; the gate runs them
 cheapest first and stops at the first failure. They run in the ingress process: the structural
-and confidence checks cost microseconds, far less than a network hop.
+and confidence checks cost microseconds, far less than a network hop. The optional learned
+judge (serve_app.judge) costs a classifier forward pass, so it runs last, in a worker thread,
+and only on answers every cheaper check let through.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from serve_app.config import QualityConfig
+from serve_app.judge import AnswerJudge, judge_failures_counter
 from serve_app.openai_protocol import Answer
 
 QualityCheck = Callable[[Answer], str | None]
@@ -85,12 +88,21 @@ class QualityGate:
             self.checks.append(refusal)
         if self.needs_logprobs:
             self.checks.append(low_confidence(config.min_mean_logprob, config.min_token_logprob))
+        self.judge: AnswerJudge | None = None
+        if config.judge_checkpoint:
+            self.judge = AnswerJudge(
+                config.judge_checkpoint,
+                config.judge_threshold,
+                config.judge_max_length,
+                failures=judge_failures_counter(),
+            )
 
     @property
     def needs_logprobs(self) -> bool:
         return self.config.min_mean_logprob is not None or self.config.min_token_logprob is not None
 
     def escalation_reason(self, answer: Answer) -> str | None:
+        """The cheap checks only (structural, confidence): synchronous, microseconds."""
         if not self.config.enabled:
             return None
         for check in self.checks:
@@ -98,3 +110,11 @@ class QualityGate:
             if reason:
                 return reason
         return None
+
+    async def judged_escalation_reason(self, prompt: str, answer: Answer) -> str | None:
+        """Every check, cheapest first; the learned judge only sees answers the rest passed."""
+        reason = self.escalation_reason(answer)
+        if reason or not self.config.enabled or self.judge is None:
+            return reason
+        verdict = await self.judge.verdict(prompt, answer.text)
+        return "judge" if verdict is not None and verdict.escalate else None

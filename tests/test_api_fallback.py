@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.helpers import chat_body
+
+# The small tier needs a few seconds for 256 tokens on CPU; kill it after this much.
+SMALL_TIER_BUSY_S = 1.5
+# A replaced vLLM replica loads its engine again (~1-3 min on 2 busy cores).
+SMALL_TIER_RECOVERY_S = 600.0
 
 
 def _chat(content: str, **overrides) -> dict:
@@ -66,3 +74,81 @@ def test_routed_requests_survive_a_killed_router_replica(http: httpx.Client) -> 
             assert response.json()["choices"][0]["message"]["content"]
     finally:
         ray.shutdown()
+
+
+def test_quality_header_turns_the_gate_off_per_request(http: httpx.Client) -> None:
+    body = _chat(f"Tell me about cats. ({uuid.uuid4().hex[:6]})", max_tokens=3)
+    off = http.post("/v1/chat/completions", json=body, headers={"x-cascade-quality": "off"})
+    assert off.status_code == 200
+    # A truncated small answer is what the gate escalates; with the gate off it is kept.
+    assert (off.headers["x-cascade-route"], off.headers["x-cascade-tier"]) == ("small", "small")
+    assert off.headers["x-cascade-escalated"] == "false"
+    assert off.json()["choices"][0]["finish_reason"] == "length"
+    bad = http.post("/v1/chat/completions", json=body, headers={"x-cascade-quality": "maybe"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "x-cascade-quality"
+
+
+def test_relay_mode_streams_small_tier_tokens_unjudged(http: httpx.Client) -> None:
+    body = _chat(f"Tell me about birds. ({uuid.uuid4().hex[:6]})", max_tokens=3, stream=True)
+    headers = {"x-cascade-quality": "relay"}
+    with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["x-cascade-escalated"] == "false"
+        assert response.headers["x-cascade-cost-final"] == "false"
+        lines = [line for line in response.iter_lines() if line]
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert {chunk["model"] for chunk in chunks} == {"cascade-small"}
+
+
+def _replica_actor(ray_module, deployment: str):
+    (replica,) = [
+        actor
+        for actor in ray_module.util.list_named_actors(all_namespaces=True)
+        if f"#{deployment}#" in actor["name"]
+    ]
+    return ray_module.get_actor(replica["name"], namespace=replica["namespace"])
+
+
+def _wait_until_small_tier_answers(http: httpx.Client, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    body = chat_body("Hi", model="cascade-small", max_tokens=2, cache=False)
+    while time.monotonic() < deadline:
+        try:
+            if http.post("/v1/chat/completions", json=body, timeout=120).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(5)
+    raise TimeoutError(f"the small tier did not come back within {timeout_s} s")
+
+
+@pytest.mark.disruptive
+def test_small_tier_dying_mid_answer_fails_over_to_large(http: httpx.Client) -> None:
+    """Kill the small tier's replica while it generates: the client still gets the large
+    tier's whole answer, flagged as an escalation caused by an error. Then wait until the
+    controller has replaced the replica, so the stack is whole again."""
+    import ray
+
+    # ignore_eos keeps the small tier busy long enough to be killed mid-answer.
+    body = _chat("Write a story about a dog.", max_tokens=256, ignore_eos=True)
+    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(http.post, "/v1/chat/completions", json=body)
+            time.sleep(SMALL_TIER_BUSY_S)
+            assert not pending.done(), "the small tier finished before it could be killed"
+            ray.kill(_replica_actor(ray, "llm-small"), no_restart=True)
+            response = pending.result(timeout=300)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-cascade-route"] == "small"
+        assert response.headers["x-cascade-escalated"] == "true"
+        assert response.headers["x-cascade-escalation-reason"] == "error"
+        assert response.headers["x-cascade-tier"] == "large"
+        answer = response.json()
+        assert answer["model"] == "cascade-large"
+        assert answer["choices"][0]["message"]["content"].strip()
+        assert answer["usage"]["completion_tokens"] == 256
+    finally:
+        ray.shutdown()
+        _wait_until_small_tier_answers(http, SMALL_TIER_RECOVERY_S)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import QualityConfig
+from serve_app.cost_model import RequestCost, TierPrice
+from serve_app.errors import TierUnavailableError
+from serve_app.fallback import TierFallback
 from serve_app.openai_protocol import Answer, client_asked_for_logprobs
 from serve_app.quality_check import QualityGate
+from serve_app.request_trace import RequestTrace
 
 
 def _answer(text: str, finish_reason: str = "stop", logprobs: tuple[float, ...] = ()) -> Answer:
@@ -95,3 +102,81 @@ def test_failed_trial_reopens_the_circuit() -> None:
     assert breaker.state == "open"
     clock.now_s += 5
     assert not breaker.allow()
+
+
+class ScriptedTier:
+    """A tier that fails while `failing` is set (a dead replica) and counts the calls it got.
+
+    It stands in for the LLM engine only; the fallback, gate and breakers under test are ours.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.failing = False
+        self.calls = 0
+
+    async def complete(self, body: dict, kind: str) -> dict:
+        self.calls += 1
+        if self.failing:
+            raise TierUnavailableError(f"Tier {self.model} is unavailable: replica died")
+        message = {"role": "assistant", "content": GOOD}
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26},
+        }
+
+
+def test_breaker_skips_a_failing_small_tier_until_its_cooldown_ends() -> None:
+    small, large = ScriptedTier("cascade-small"), ScriptedTier("cascade-large")
+    price = TierPrice(1e-6, 2e-6)
+    config = QualityConfig(circuit_breaker={"failure_threshold": 2, "cooldown_s": 0.3})
+    fallback = TierFallback(
+        {"small": small, "large": large}, {"small": price, "large": price}, config
+    )
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "Capital of France?"}]}
+
+    def ask() -> RequestTrace:
+        trace = RequestTrace(pinned=False, cost=RequestCost(price), tier="small")
+        _, answer = asyncio.run(fallback.answer(body, "chat", trace))
+        assert answer.text == GOOD
+        return trace
+
+    small.failing = True
+    for _ in range(2):
+        trace = ask()
+        assert (trace.tier, trace.escalation_reason) == ("large", "error")
+        assert len(trace.cost.tiers) == 1  # the failed small call produced no tokens to pay
+    assert fallback.breakers["small"].state == "open"
+    trace = ask()
+    assert trace.escalation_reason == "small_circuit_open"
+    assert small.calls == 2  # the open circuit sent nothing to the small tier
+
+    small.failing = False
+    time.sleep(0.35)
+    trace = ask()  # the half-open trial reaches the recovered tier and closes the circuit
+    assert (trace.tier, trace.escalated) == ("small", False)
+    assert fallback.breakers["small"].state == "closed"
+    assert small.calls == 3 and large.calls == 3
+
+
+def test_quality_off_still_fails_over_on_errors() -> None:
+    small, large = ScriptedTier("cascade-small"), ScriptedTier("cascade-large")
+    price = TierPrice(1e-6, 2e-6)
+    fallback = TierFallback(
+        {"small": small, "large": large}, {"small": price, "large": price}, QualityConfig()
+    )
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "Capital of France?"}]}
+
+    def ask() -> RequestTrace:
+        trace = RequestTrace(pinned=False, cost=RequestCost(price), tier="small")
+        asyncio.run(fallback.answer(body, "chat", trace, check_quality=False))
+        return trace
+
+    assert ask().tier == "small"
+    small.failing = True
+    trace = ask()
+    assert (trace.tier, trace.escalation_reason) == ("large", "error")
