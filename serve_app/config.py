@@ -137,6 +137,9 @@ class RouterConfig(StrictModel):
         description="How long a batch waits for more requests after its first; 0 scores "
         "whatever has queued up while the previous batch ran.",
     )
+    num_threads: int | None = Field(
+        default=None, ge=1, description="Torch CPU threads of the classifier; None: torch's."
+    )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 
 

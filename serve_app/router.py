@@ -224,23 +224,51 @@ class ClassifierScorer:
             )
 
     def score_batch(self, texts: list[str]) -> list[float]:
+        """Score texts in length-sorted sub-batches, each padded only to its own longest text:
+        one long prompt then does not make every short one in the batch pay for its padding."""
         if not texts:
             return []
         torch = self._torch
-        inputs = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
+        encodings = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = [len(ids) for ids in encodings["input_ids"]]
+        scores = [0.0] * len(texts)
         with torch.inference_mode():
-            logits = self.model(**inputs).logits
+            for chunk in _length_sorted_chunks(lengths, PADDED_TOKENS_PER_PASS):
+                inputs = self.tokenizer.pad(
+                    {key: [values[i] for i in chunk] for key, values in encodings.items()},
+                    return_tensors="pt",
+                )
+                for i, score in zip(chunk, self._positive_probability(inputs), strict=True):
+                    scores[i] = score
+        return scores
+
+    def _positive_probability(self, inputs: dict[str, Any]) -> list[float]:
+        torch = self._torch
+        logits = self.model(**inputs).logits
         if logits.shape[-1] == 1:
             probs = torch.sigmoid(logits[:, 0])
         else:
             probs = torch.softmax(logits, dim=-1)[:, 1]
         return [float(p) for p in probs]
+
+
+# Beyond a few thousand padded tokens a CPU forward pass gains nothing from a larger batch.
+PADDED_TOKENS_PER_PASS = 2048
+
+
+def _length_sorted_chunks(lengths: list[int], max_padded_tokens: int) -> list[list[int]]:
+    """Indices grouped shortest first, each group's size x longest length within the budget
+    (a group always holds at least one text)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) + 1) * lengths[i] > max_padded_tokens:
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _card_threshold(checkpoint_dir: Path) -> float | None:
@@ -431,6 +459,10 @@ def _build_scorer(config: RouterConfig) -> tuple[Scorer, ScorerName, float | Non
     """Return (scorer, its name, the router card's threshold, why the classifier was skipped)."""
     if config.checkpoint is None:
         return HeuristicScorer(), "heuristic", None, None
+    if config.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.num_threads)
     try:
         classifier = ClassifierScorer(config.checkpoint, config.max_length)
     except _CHECKPOINT_LOAD_ERRORS as e:
