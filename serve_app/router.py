@@ -1,8 +1,10 @@
 """Complexity router: scores P(request needs the large tier) and picks a tier by threshold.
 
-`Router` is a plain class; the builder wraps it in `serve.deployment`. A scorer is anything
-with `score_batch(texts) -> list[float]`: a fine-tuned HF sequence classifier when a checkpoint
-is configured, else (or when that checkpoint cannot be loaded) a deterministic heuristic.
+`Router` is a plain class; the builder wraps its `ServedRouter` subclass (which also reports
+the heuristic-mode metric) in `serve.deployment`. A scorer is anything with
+`score_batch(texts) -> list[float]`: a fine-tuned HF sequence classifier when a checkpoint is
+configured, else (or when that checkpoint cannot be loaded) a deterministic heuristic.
+Concurrent requests are scored together through Ray Serve's `@serve.batch`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from serve_app.config import RouterConfig, TierName
+from serve_app.router_lexical import LexicalPrior
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +205,9 @@ class ClassifierScorer:
     """A fine-tuned HF sequence classifier on CPU; label 1 means "needs the large tier".
 
     If the checkpoint directory holds a `router_card.json` with a "threshold", the threshold
-    calibrated at training time is exposed as `self.threshold` (else None).
+    calibrated at training time is exposed as `self.threshold` (else None). If it holds a
+    `lexical_prior.npz` (router_lexical.py), the classifier's score is rank-blended with it,
+    exactly as router_training evaluated and calibrated it.
     """
 
     def __init__(self, checkpoint_dir: str | Path, max_length: int) -> None:
@@ -217,6 +222,7 @@ class ClassifierScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(self.checkpoint_dir)
         self.model.eval()
+        self.lexical_prior = LexicalPrior.load(self.checkpoint_dir)
         num_labels = self.model.config.num_labels
         if num_labels not in (1, 2):
             raise ValueError(
@@ -240,6 +246,8 @@ class ClassifierScorer:
                 )
                 for i, score in zip(chunk, self._positive_probability(inputs), strict=True):
                     scores[i] = score
+        if self.lexical_prior is not None:
+            return [float(s) for s in self.lexical_prior.blend(scores, texts)]
         return scores
 
     def _positive_probability(self, inputs: dict[str, Any]) -> list[float]:
