@@ -156,7 +156,9 @@ def measure(setting: Setting, prompts: Sequence[str], concurrency: int, requests
 def read_prompts(path: Path, limit: int, seed: int = 0) -> list[str]:
     if not path.is_file():
         return BUILTIN_PROMPTS
-    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line]
+    # split("\n"), not splitlines(): prompts may hold U+2028 and friends inside JSON strings.
+    lines = path.read_text().split("\n")
+    prompts = [json.loads(line)["prompt"] for line in lines if line.strip()]
     rng = np.random.default_rng(seed)
     return [prompts[i] for i in rng.permutation(len(prompts))[:limit]]
 

@@ -234,6 +234,10 @@ class ClassifierScorer:
         one long prompt then does not make every short one in the batch pay for its padding."""
         if not texts:
             return []
+        if self.lexical_prior is not None and self.lexical_prior.weight == 1.0:
+            # The encoder's share of the blend is zero: skip its forward pass (~2 GFLOP for
+            # a 100-token prompt), leaving a sparse dot product per request.
+            return [float(s) for s in self.lexical_prior.blend([0.0] * len(texts), texts)]
         torch = self._torch
         encodings = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encodings["input_ids"]]

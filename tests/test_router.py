@@ -3,11 +3,14 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from ray import serve
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from router_training.config import LexicalPriorConfig
+from router_training.lexical import fit_lexical_prior
 from serve_app.config import RouterConfig
 from serve_app.router import (
     ROUTER_CARD_FILE,
@@ -138,6 +141,23 @@ def test_router_card_threshold_overrides_config(checkpoint: Path, tmp_path: Path
     assert decision.scorer == "classifier"
     assert decision.threshold == 0.0
     assert decision.tier == "large"
+
+
+def test_lexical_only_checkpoint_scores_without_the_encoder(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    for item in checkpoint.iterdir():
+        (tmp_path / item.name).symlink_to(item)
+    texts, labels = TRAIN_HARD + TRAIN_EASY, np.array([1] * 4 + [0] * 4)
+    prior = fit_lexical_prior(
+        texts, labels, texts, np.linspace(0, 1, 8), LexicalPriorConfig(weight=1.0, min_df=1)
+    )
+    prior.save(tmp_path)
+    router = Router({"checkpoint": str(tmp_path)})
+    assert router.scorer_name == "classifier"
+    scores = router.scorer.score_batch([EASY, HARD])
+    assert scores == pytest.approx(prior.blend([0.0, 0.0], [EASY, HARD]).tolist())
+    assert scores[0] < scores[1]
 
 
 def test_broken_checkpoint_falls_back_to_heuristic(tmp_path: Path) -> None:
