@@ -38,6 +38,19 @@ class DataConfig(StrictModel):
     )
 
 
+class LexicalPriorConfig(StrictModel):
+    """TF-IDF + logistic regression on the prompt's words, rank-blended with the encoder."""
+
+    weight: float = Field(
+        default=0.7, ge=0, le=1, description="Share of the lexical score in the blend."
+    )
+    inverse_regularisation: float = Field(
+        default=1.0, gt=0, description="Logistic regression C (larger: weaker L2)."
+    )
+    ngram_max: int = Field(default=2, ge=1, le=3, description="Words up to n-grams of this n.")
+    min_df: int = Field(default=2, ge=1, description="Keep terms seen in this many prompts.")
+
+
 class ModelConfig(StrictModel):
     base: str = Field(
         default="microsoft/deberta-v3-base",
@@ -50,6 +63,11 @@ class ModelConfig(StrictModel):
         "head (pooler + classifier); `finetune`: train every weight end to end.",
     )
     max_length: int = Field(default=256, gt=0, description="Prompt tokens the model sees.")
+    lexical_prior: LexicalPriorConfig | None = Field(
+        default=None,
+        description="Blend a word-level prior into the score (serve_app/router_lexical.py); "
+        "None: the encoder's score alone.",
+    )
 
 
 class TrainingConfig(StrictModel):

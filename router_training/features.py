@@ -89,8 +89,10 @@ def encode_first_token(
     batch_size: int = 32,
     cache_dir: Path | None = None,
     desc: str = "encoding",
+    pooling: str = "cls",
 ) -> np.ndarray:
-    """[len(texts), hidden] first-token last hidden states of `model.base_model`.
+    """[len(texts), hidden] first-token (`pooling="cls"`) or attention-masked mean
+    (`pooling="mean"`) last hidden states of `model.base_model`.
 
     With `cache_dir`, vectors already there are reused and new ones are added chunk by chunk.
     Texts are encoded longest first, so a batch pads to similar lengths and the first
@@ -119,8 +121,9 @@ def encode_first_token(
                 padding=True,
                 return_tensors="pt",
             )
+            states = encoder(**inputs).last_hidden_state
             # Copy: a view would keep the whole [batch, tokens, hidden] tensor alive.
-            hidden = encoder(**inputs).last_hidden_state[:, 0].float().numpy().copy()
+            hidden = pool(states, inputs["attention_mask"], pooling).float().numpy().copy()
             for (key, _), vector in zip(batch, hidden, strict=True):
                 fresh[key] = vector
             if cache is not None:
@@ -136,5 +139,17 @@ def encode_first_token(
     return np.stack(rows).astype(np.float32)
 
 
-def feature_cache_dir(model, max_length: int, root: Path) -> Path:
-    return root / "features" / f"{encoder_fingerprint(model)}-len{max_length}"
+def pool(states, attention_mask, pooling: str):
+    """[batch, hidden] from [batch, tokens, hidden]: the first token, or the mean of the
+    real (unpadded) tokens, which is what sentence-transformers encoders were trained on."""
+    if pooling == "cls":
+        return states[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"unknown pooling {pooling!r} (known: cls, mean)")
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def feature_cache_dir(model, max_length: int, root: Path, pooling: str = "cls") -> Path:
+    suffix = "" if pooling == "cls" else f"-{pooling}"
+    return root / "features" / f"{encoder_fingerprint(model)}-len{max_length}{suffix}"

@@ -33,8 +33,10 @@ from router_training.evaluate import (
     plot_cost_quality,
 )
 from router_training.features import cache_root
+from router_training.lexical import fit_lexical_prior
 from router_training.train import Scored, load_base_model, score_texts, train
 from serve_app.router import ROUTER_CARD_FILE
+from serve_app.router_lexical import LexicalPrior
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +85,27 @@ def train_seed(config: RouterTrainingConfig, seed: int, run_dir: Path) -> Path:
     checkpoint = run_dir / CHECKPOINT_DIR
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
+    if config.model.lexical_prior is not None:
+        val_head_scores = score_texts(
+            model,
+            tokenizer,
+            [o.prompt for o in split.val],
+            Scored(config.model.max_length, _cache(config)),
+            "scoring val",
+        )
+        fit_lexical_prior(
+            [o.prompt for o in split.train],
+            labels_of(split.train, rule, pass_score),
+            [o.prompt for o in split.val],
+            val_head_scores,
+            config.model.lexical_prior,
+        ).save(checkpoint)
     card = {
         "base_model": config.model.base,
         "mode": config.model.mode,
+        "lexical_prior": (
+            None if config.model.lexical_prior is None else config.model.lexical_prior.model_dump()
+        ),
         "max_length": config.model.max_length,
         "label_rule": rule,
         "pass_score": pass_score,
@@ -140,10 +160,13 @@ def score_checkpoint(
     cache_dir: Path | None,
     desc: str,
 ) -> np.ndarray:
+    """The scores the serving router gives: the encoder's, blended with the checkpoint's
+    lexical prior when it has one."""
     model, tokenizer = load_checkpoint(checkpoint)
-    return score_texts(
-        model, tokenizer, [o.prompt for o in outcomes], Scored(max_length, cache_dir), desc
-    )
+    texts = [o.prompt for o in outcomes]
+    scores = score_texts(model, tokenizer, texts, Scored(max_length, cache_dir), desc)
+    prior = LexicalPrior.load(checkpoint)
+    return scores if prior is None else prior.blend(scores, texts)
 
 
 def evaluate_checkpoint(

@@ -16,7 +16,7 @@ from ray.serve.deployment import Application
 from serve_app.config import CascadeConfig
 from serve_app.ingress import CascadeIngress
 from serve_app.llm_tiers import build_tier_deployment
-from serve_app.router import Router
+from serve_app.router import ServedRouter
 from serve_app.semantic_cache import SemanticCache
 
 # Small components need little CPU; on a 2-core box the LLM tiers must still be schedulable.
@@ -38,7 +38,9 @@ def build_app(args: dict[str, Any]) -> Application:
     config = CascadeConfig.model_validate(args)
     small = build_tier_deployment("small", config.tiers["small"])
     large = build_tier_deployment("large", config.tiers["large"])
-    router = serve.deployment(Router, name="router", **_options(config.router.deployment_config))
+    # Ray's default of 5 ongoing requests per replica would cap the router's batches at 5.
+    router_options = _options({"max_ongoing_requests": 64, **config.router.deployment_config})
+    router = serve.deployment(ServedRouter, name="router", **router_options)
     cache = None
     if config.cache.enabled:
         cache_deployment = serve.deployment(

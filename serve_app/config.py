@@ -128,6 +128,18 @@ class RouterConfig(StrictModel):
         default=0.5, ge=0, le=1, description="Route to the large tier when score >= threshold."
     )
     max_length: int = Field(default=256, gt=0, description="Tokens of the prompt the model sees.")
+    max_batch_size: int = Field(
+        default=32, ge=1, description="Concurrent route() calls scored in one forward pass."
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long a batch waits for more requests after its first; 0 scores "
+        "whatever has queued up while the previous batch ran.",
+    )
+    num_threads: int | None = Field(
+        default=None, ge=1, description="Torch CPU threads of the classifier; None: torch's."
+    )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -159,6 +159,27 @@ class IngressMetrics:
         self.ttft_s.observe(ttft_s, tags={"tier": trace.tier or "none", "cache": trace.cache})
 
 
+@dataclass(frozen=True)
+class RouterMetrics:
+    heuristic_mode: Gauge
+
+    @classmethod
+    def create(cls) -> RouterMetrics:
+        return cls(
+            heuristic_mode=Gauge(
+                "cascade_router_heuristic_mode",
+                description="1 when the router deployment scores with the heuristic instead of "
+                "a trained checkpoint, by reason: no_checkpoint, checkpoint_failed.",
+                tag_keys=("reason",),
+            )
+        )
+
+    def report_mode(self, heuristic_reason: str | None) -> None:
+        """Set the reason in force to 1 and the others to 0 (None: the classifier scores)."""
+        for reason in ("no_checkpoint", "checkpoint_failed"):
+            self.heuristic_mode.set(float(reason == heuristic_reason), tags={"reason": reason})
+
+
 def _inc(counter: Counter, value: float, tags: dict[str, str] | None) -> None:
     # Ray's counters refuse zero increments.
     if value > 0:

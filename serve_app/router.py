@@ -1,8 +1,10 @@
 """Complexity router: scores P(request needs the large tier) and picks a tier by threshold.
 
-`Router` is a plain class; the builder wraps it in `serve.deployment`. A scorer is anything
-with `score_batch(texts) -> list[float]`: a fine-tuned HF sequence classifier when a checkpoint
-is configured, else (or when that checkpoint cannot be loaded) a deterministic heuristic.
+`Router` is a plain class; the builder wraps its `ServedRouter` subclass (which also reports
+the heuristic-mode metric) in `serve.deployment`. A scorer is anything with
+`score_batch(texts) -> list[float]`: a fine-tuned HF sequence classifier when a checkpoint is
+configured, else (or when that checkpoint cannot be loaded) a deterministic heuristic.
+Concurrent requests are scored together through Ray Serve's `@serve.batch`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import logging
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ray import serve
+from ray.serve.exceptions import RayServeException
+
 from serve_app.config import RouterConfig, TierName
+from serve_app.router_lexical import LexicalPrior
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +205,9 @@ class ClassifierScorer:
     """A fine-tuned HF sequence classifier on CPU; label 1 means "needs the large tier".
 
     If the checkpoint directory holds a `router_card.json` with a "threshold", the threshold
-    calibrated at training time is exposed as `self.threshold` (else None).
+    calibrated at training time is exposed as `self.threshold` (else None). If it holds a
+    `lexical_prior.npz` (router_lexical.py), the classifier's score is rank-blended with it,
+    exactly as router_training evaluated and calibrated it.
     """
 
     def __init__(self, checkpoint_dir: str | Path, max_length: int) -> None:
@@ -213,6 +222,7 @@ class ClassifierScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(self.checkpoint_dir)
         self.model.eval()
+        self.lexical_prior = LexicalPrior.load(self.checkpoint_dir)
         num_labels = self.model.config.num_labels
         if num_labels not in (1, 2):
             raise ValueError(
@@ -220,23 +230,57 @@ class ClassifierScorer:
             )
 
     def score_batch(self, texts: list[str]) -> list[float]:
+        """Score texts in length-sorted sub-batches, each padded only to its own longest text:
+        one long prompt then does not make every short one in the batch pay for its padding."""
         if not texts:
             return []
+        if self.lexical_prior is not None and self.lexical_prior.weight == 1.0:
+            # The encoder's share of the blend is zero: skip its forward pass (~2 GFLOP for
+            # a 100-token prompt), leaving a sparse dot product per request.
+            return [float(s) for s in self.lexical_prior.blend([0.0] * len(texts), texts)]
         torch = self._torch
-        inputs = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
+        encodings = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = [len(ids) for ids in encodings["input_ids"]]
+        scores = [0.0] * len(texts)
         with torch.inference_mode():
-            logits = self.model(**inputs).logits
+            for chunk in _length_sorted_chunks(lengths, PADDED_TOKENS_PER_PASS):
+                inputs = self.tokenizer.pad(
+                    {key: [values[i] for i in chunk] for key, values in encodings.items()},
+                    return_tensors="pt",
+                )
+                for i, score in zip(chunk, self._positive_probability(inputs), strict=True):
+                    scores[i] = score
+        if self.lexical_prior is not None:
+            return [float(s) for s in self.lexical_prior.blend(scores, texts)]
+        return scores
+
+    def _positive_probability(self, inputs: dict[str, Any]) -> list[float]:
+        torch = self._torch
+        logits = self.model(**inputs).logits
         if logits.shape[-1] == 1:
             probs = torch.sigmoid(logits[:, 0])
         else:
             probs = torch.softmax(logits, dim=-1)[:, 1]
         return [float(p) for p in probs]
+
+
+# Beyond a few thousand padded tokens a CPU forward pass gains nothing from a larger batch.
+PADDED_TOKENS_PER_PASS = 2048
+
+
+def _length_sorted_chunks(lengths: list[int], max_padded_tokens: int) -> list[list[int]]:
+    """Indices grouped shortest first, each group's size x longest length within the budget
+    (a group always holds at least one text)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) + 1) * lengths[i] > max_padded_tokens:
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _card_threshold(checkpoint_dir: Path) -> float | None:
@@ -261,56 +305,176 @@ class RouteDecision:
     latency_ms: float
 
 
+HeuristicReason = Literal["no_checkpoint", "checkpoint_failed"]
+HEURISTIC_REASONS: tuple[HeuristicReason, ...] = ("no_checkpoint", "checkpoint_failed")
+
+
+@dataclass(frozen=True)
+class ActiveScorer:
+    """Everything a routing decision reads, replaced as one object on reconfigure."""
+
+    config: RouterConfig
+    scorer: Scorer
+    name: ScorerName
+    threshold: float
+    fallback_reason: str | None
+    """Why a configured checkpoint is not used (None when it is, or none is configured)."""
+
+    @property
+    def heuristic_reason(self) -> HeuristicReason | None:
+        if self.name == "classifier":
+            return None
+        return "checkpoint_failed" if self.fallback_reason else "no_checkpoint"
+
+
+def load_active_scorer(config: RouterConfig) -> ActiveScorer:
+    scorer, scorer_name, card_threshold, fallback_reason = _build_scorer(config)
+    threshold = card_threshold if card_threshold is not None else config.threshold
+    logger.info(
+        "Router uses the %s scorer at threshold %s (from the %s)",
+        scorer_name,
+        threshold,
+        "router card" if card_threshold is not None else "config",
+    )
+    return ActiveScorer(config, scorer, scorer_name, threshold, fallback_reason)
+
+
+_Batcher = Callable[[str], Awaitable[tuple[float, ActiveScorer]]]
+
+
 class Router:
     """Routes a request to the large tier when its score reaches the threshold.
 
-    A configured checkpoint that fails to load does not fail the deployment: the router falls
-    back to the heuristic and says why in `fallback_reason`.
+    Concurrent `route()` calls are batched with Ray Serve's `@serve.batch`: one forward
+    pass (or one heuristic sweep) scores every request waiting at that moment. A configured
+    checkpoint that fails to load does not fail the deployment: the router falls back to the
+    heuristic and says why in `fallback_reason`.
     """
 
     def __init__(self, config: RouterConfig | dict[str, Any]) -> None:
-        self.fallback_reason: str | None = None
-        self._apply(RouterConfig.model_validate(config))
+        self._active = load_active_scorer(RouterConfig.model_validate(config))
+        self._batcher: _Batcher | None = None
+        self._batcher_loop: asyncio.AbstractEventLoop | None = None
+        self._on_apply(self._active)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    # The current scorer's view, for callers that inspect the router.
+    @property
+    def config(self) -> RouterConfig:
+        return self._active.config
+
+    @property
+    def scorer(self) -> Scorer:
+        return self._active.scorer
+
+    @property
+    def scorer_name(self) -> ScorerName:
+        return self._active.name
+
+    @property
+    def threshold(self) -> float:
+        return self._active.threshold
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self._active.fallback_reason
+
+    @property
+    def heuristic_reason(self) -> HeuristicReason | None:
+        return self._active.heuristic_reason
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve `user_config` hook: validate, load the new scorer, then swap it in.
 
         Keys not in `user_config` keep their current values, so `{"checkpoint": ...}` alone
         swaps the model. The checkpoint is always reloaded: a retrained router is usually
-        exported over the old directory.
+        exported over the old directory. Loading runs in a thread, so requests keep being
+        routed by the old scorer meanwhile; a batch already running finishes with the scorer
+        it started with, and the next batch uses the new one. Nothing is dropped.
         """
-        self._apply(RouterConfig.model_validate({**self.config.model_dump(), **user_config}))
+        config = RouterConfig.model_validate({**self.config.model_dump(), **user_config})
+        active = await asyncio.to_thread(load_active_scorer, config)
+        self._active = active  # one assignment: no request sees a half-updated router
+        if self._batcher is not None:
+            self._batcher.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
+            self._batcher.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
+                config.batch_wait_timeout_s
+            )
+        self._on_apply(active)
 
-    def _apply(self, config: RouterConfig) -> None:
-        scorer, scorer_name, card_threshold, fallback_reason = _build_scorer(config)
-        threshold = card_threshold if card_threshold is not None else config.threshold
-        # Swap in one step so in-flight requests never see a half-updated router.
-        self.config, self.scorer, self.scorer_name = config, scorer, scorer_name
-        self.threshold, self.fallback_reason = threshold, fallback_reason
-        logger.info(
-            "Router uses the %s scorer at threshold %s (from the %s)",
-            scorer_name,
-            threshold,
-            "router card" if card_threshold is not None else "config",
-        )
+    def _on_apply(self, active: ActiveScorer) -> None:
+        """Hook run after a scorer is swapped in (the served deployment reports metrics)."""
 
     async def route(self, text: str) -> RouteDecision:
-        scorer, scorer_name, threshold = self.scorer, self.scorer_name, self.threshold
         start_s = time.perf_counter()
-        # A classifier forward pass takes milliseconds of CPU; keep the event loop serving.
-        (score,) = await asyncio.to_thread(scorer.score_batch, [text])
+        if _in_serve_replica():
+            score, active = await self._batch_for_this_loop()(text)
+        else:
+            # Ray's serve.batch only runs inside a replica (it reads the replica's
+            # max_ongoing_requests); scripts such as the export check score one by one.
+            ((score, active),) = await self._score_batch([text])
         latency_ms = (time.perf_counter() - start_s) * 1000.0
-        tier: TierName = "large" if score >= threshold else "small"
-        return RouteDecision(tier, score, scorer_name, threshold, latency_ms)
+        tier: TierName = "large" if score >= active.threshold else "small"
+        return RouteDecision(tier, score, active.name, active.threshold, latency_ms)
+
+    def _batch_for_this_loop(self) -> _Batcher:
+        # A serve.batch queue lives on the event loop that first used it; a replica has one
+        # loop for its lifetime, but a script calling asyncio.run() twice has two.
+        loop = asyncio.get_running_loop()
+        if self._batcher is None or self._batcher_loop is not loop:
+            config = self.config
+            self._batcher = serve.batch(
+                max_batch_size=config.max_batch_size,
+                batch_wait_timeout_s=config.batch_wait_timeout_s,
+            )(self._score_batch)
+            self._batcher_loop = loop
+        return self._batcher
+
+    async def _score_batch(self, texts: list[str]) -> list[tuple[float, ActiveScorer]]:
+        active = self._active  # the whole batch is scored by one scorer, old or new
+        if active.name == "classifier":
+            # A forward pass takes milliseconds of CPU; keep the event loop serving.
+            scores = await asyncio.to_thread(active.scorer.score_batch, texts)
+        else:
+            scores = active.scorer.score_batch(texts)
+        return [(score, active) for score in scores]
 
     def check_health(self) -> None:
         """Always healthy once constructed: a broken checkpoint already fell back."""
+
+
+def _in_serve_replica() -> bool:
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
+
+
+class ServedRouter(Router):
+    """The Router deployment: also says on a metric whether it is in heuristic mode, and why.
+
+    Kept apart from `Router` because the ingress holds a heuristic `Router` of its own for
+    when this deployment is down; that one must not report the deployment's mode.
+    """
+
+    def __init__(self, config: RouterConfig | dict[str, Any]) -> None:
+        from serve_app.metrics import RouterMetrics
+
+        self._metrics = RouterMetrics.create()
+        super().__init__(config)
+
+    def _on_apply(self, active: ActiveScorer) -> None:
+        self._metrics.report_mode(active.heuristic_reason)
 
 
 def _build_scorer(config: RouterConfig) -> tuple[Scorer, ScorerName, float | None, str | None]:
     """Return (scorer, its name, the router card's threshold, why the classifier was skipped)."""
     if config.checkpoint is None:
         return HeuristicScorer(), "heuristic", None, None
+    if config.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.num_threads)
     try:
         classifier = ClassifierScorer(config.checkpoint, config.max_length)
     except _CHECKPOINT_LOAD_ERRORS as e:

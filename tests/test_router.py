@@ -1,17 +1,23 @@
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from ray import serve
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from router_training.config import LexicalPriorConfig
+from router_training.lexical import fit_lexical_prior
 from serve_app.config import RouterConfig
 from serve_app.router import (
     ROUTER_CARD_FILE,
     HeuristicScorer,
     RouteDecision,
     Router,
+    ServedRouter,
     routing_text,
 )
 
@@ -137,6 +143,23 @@ def test_router_card_threshold_overrides_config(checkpoint: Path, tmp_path: Path
     assert decision.tier == "large"
 
 
+def test_lexical_only_checkpoint_scores_without_the_encoder(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    for item in checkpoint.iterdir():
+        (tmp_path / item.name).symlink_to(item)
+    texts, labels = TRAIN_HARD + TRAIN_EASY, np.array([1] * 4 + [0] * 4)
+    prior = fit_lexical_prior(
+        texts, labels, texts, np.linspace(0, 1, 8), LexicalPriorConfig(weight=1.0, min_df=1)
+    )
+    prior.save(tmp_path)
+    router = Router({"checkpoint": str(tmp_path)})
+    assert router.scorer_name == "classifier"
+    scores = router.scorer.score_batch([EASY, HARD])
+    assert scores == pytest.approx(prior.blend([0.0, 0.0], [EASY, HARD]).tolist())
+    assert scores[0] < scores[1]
+
+
 def test_broken_checkpoint_falls_back_to_heuristic(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     for checkpoint in (tmp_path, tmp_path / "does-not-exist"):
@@ -150,16 +173,123 @@ def test_broken_checkpoint_falls_back_to_heuristic(tmp_path: Path) -> None:
 def test_reconfigure_hot_swaps_heuristic_for_classifier(checkpoint: Path) -> None:
     router = Router({"checkpoint": "/nonexistent/router"})
     assert router.fallback_reason is not None
-    router.reconfigure({"checkpoint": str(checkpoint)})
+    asyncio.run(router.reconfigure({"checkpoint": str(checkpoint)}))
     assert router.fallback_reason is None
     assert route(router, HARD).scorer == "classifier"
     # A partial update keeps the rest of the config, checkpoint included.
-    router.reconfigure({"threshold": 0.7})
+    asyncio.run(router.reconfigure({"threshold": 0.7}))
     decision = route(router, HARD)
     assert (decision.scorer, decision.threshold) == ("classifier", 0.7)
     with pytest.raises(ValueError, match="threshold"):
-        router.reconfigure({"threshold": 1.5})
+        asyncio.run(router.reconfigure({"threshold": 1.5}))
     assert route(router, HARD).scorer == "classifier"
+
+
+def test_heuristic_mode_reason_says_why_no_classifier_scores(checkpoint: Path) -> None:
+    served = ServedRouter({})
+    assert served.heuristic_reason == "no_checkpoint"
+    asyncio.run(served.reconfigure({"checkpoint": "/nonexistent/router"}))
+    assert served.heuristic_reason == "checkpoint_failed"
+    asyncio.run(served.reconfigure({"checkpoint": str(checkpoint)}))
+    assert served.heuristic_reason is None
+
+
+# ---------------------------------------------------------------- batching
+
+
+@pytest.fixture
+def as_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let Ray Serve's real `@serve.batch` run in this process, as inside a replica.
+
+    serve.batch only asks the replica context for `max_ongoing_requests` (to warn when it is
+    below the batch size); without a running Serve app there is no context to ask.
+    """
+    context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+
+
+def spy_on_batches(router: Router) -> list[int]:
+    """Record the size of every batch the router's (real) scorer is given."""
+    scorer, sizes = router.scorer, []
+    real_score_batch = scorer.score_batch
+
+    def score_batch(texts: list[str]) -> list[float]:
+        sizes.append(len(texts))
+        return real_score_batch(texts)
+
+    scorer.score_batch = score_batch  # type: ignore[method-assign]
+    return sizes
+
+
+PROMPTS = [EASY, HARD, *TRAIN_HARD, *TRAIN_EASY] * 2
+
+
+async def route_concurrently(router: Router, texts: list[str]) -> list[RouteDecision]:
+    return list(await asyncio.gather(*(router.route(t) for t in texts)))
+
+
+@pytest.mark.parametrize("scorer", ["heuristic", "classifier"])
+def test_concurrent_requests_share_one_forward_pass(
+    scorer: str, checkpoint: Path, as_replica: None
+) -> None:
+    router = Router({"checkpoint": str(checkpoint)} if scorer == "classifier" else {})
+    assert router.scorer_name == scorer
+    one_by_one = [route(router, t).score for t in PROMPTS]
+    sizes = spy_on_batches(router)
+    decisions = asyncio.run(route_concurrently(router, PROMPTS))
+    assert sizes == [len(PROMPTS)]
+    # Each request gets its own score back, as if it had been scored alone (padding aside).
+    assert [d.score for d in decisions] == pytest.approx(one_by_one, abs=1e-5)
+
+
+def test_max_batch_size_bounds_batches_and_is_reconfigurable(as_replica: None) -> None:
+    router = Router({"max_batch_size": 4})
+    sizes = spy_on_batches(router)
+    asyncio.run(route_concurrently(router, PROMPTS))
+    assert max(sizes) == 4 and sum(sizes) == len(PROMPTS)
+    asyncio.run(router.reconfigure({"max_batch_size": 7}))
+    sizes = spy_on_batches(router)
+    asyncio.run(route_concurrently(router, PROMPTS))
+    assert max(sizes) == 7 and sum(sizes) == len(PROMPTS)
+
+
+def test_new_checkpoint_applies_while_requests_keep_flowing(
+    checkpoint: Path, as_replica: None
+) -> None:
+    """Clients route continuously while the router loads a checkpoint: none fails, requests
+    finished during the load are answered by the old scorer, every later one by the new."""
+
+    async def scenario() -> tuple[list[tuple[str, RouteDecision]], RouteDecision]:
+        router = Router({})
+        phase = "before"
+        answered: list[tuple[str, RouteDecision]] = []
+        stop = asyncio.Event()
+
+        async def client(text: str) -> None:
+            while not stop.is_set():
+                decision = await router.route(text)
+                answered.append((phase, decision))
+                await asyncio.sleep(0.001)
+
+        clients = [asyncio.create_task(client(t)) for t in (EASY, HARD, *TRAIN_EASY)]
+        await asyncio.sleep(0.05)
+        phase = "loading"
+        await router.reconfigure({"checkpoint": str(checkpoint), "max_length": 128})
+        phase = "after"
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*clients)  # raises if any request failed
+        return answered, await router.route(HARD)
+
+    answered, last = asyncio.run(scenario())
+    scorers = {p: {d.scorer for q, d in answered if q == p} for p in ("before", "loading")}
+    assert scorers == {"before": {"heuristic"}, "loading": {"heuristic"}}
+    assert [d.scorer for p, d in answered if p == "after"]  # requests went on after the swap
+    assert {d.scorer for p, d in answered if p == "after"} == {"classifier"}
+    # Once the new scorer answered, no request went back to the old one.
+    names = [d.scorer for _, d in answered]
+    assert names == sorted(names, key=["heuristic", "classifier"].index)
+    assert (last.scorer, last.tier) == ("classifier", "large")
 
 
 # ---------------------------------------------------------------- routing text

