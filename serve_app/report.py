@@ -184,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.summary_url:
-        summary = fetch_replica_summary(
-            args.summary_url, os.environ.get(args.admin_token_env, "")
-        )
+        summary = fetch_replica_summary(args.summary_url, os.environ.get(args.admin_token_env, ""))
     elif args.prometheus_url:
         summary = summarize(PrometheusCounters(args.prometheus_url))
     else:
