@@ -26,7 +26,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "load_generator.json"
 PERCENTILES = (50, 95, 99)
-QUICK_GROUPS = 6
-QUICK_MAX_TOKENS = 16
+QUICK_GROUPS = 3
 REQUEST_TIMEOUT_S = 300.0
 
 
@@ -307,13 +306,12 @@ class LoadOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def select_items(workload: Path, quick: bool) -> list[WorkloadItem]:
-    """The workload, or for a smoke run a few question groups with short answers."""
+def select_items(workload: Path, quick: bool, groups: int | None = None) -> list[WorkloadItem]:
+    """The workload; or `groups` question groups of it; or, quick, a few with short answers."""
     items = load_workload(workload)
-    if not quick:
-        return items
-    subset = quick_subset(items, QUICK_GROUPS)
-    return [replace(item, max_tokens=min(item.max_tokens, QUICK_MAX_TOKENS)) for item in subset]
+    if quick:
+        return quick_subset(items, QUICK_GROUPS, short_only=True)
+    return quick_subset(items, groups) if groups else items
 
 
 async def run(options: LoadOptions) -> dict[str, Any]:

@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_GROUPS} question groups")
     parser.add_argument(
+        "--groups", type=int, help="only this many question groups (half of them repeated)"
+    )
+    parser.add_argument(
         "--admin-token-env",
         default="CASCADE_ADMIN_TOKEN",
         help="variable with the admin token, to read the ingress's lever ledger (optional)",
@@ -261,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    items = select_items(args.workload, args.quick)
+    items = select_items(args.workload, args.quick, args.groups)
     report = asyncio.run(
         run_benchmark(
             args.url, items, args.config, args.concurrency, os.environ.get(args.admin_token_env)

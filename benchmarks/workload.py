@@ -62,11 +62,18 @@ def load_workload(path: Path = DEFAULT_WORKLOAD) -> list[WorkloadItem]:
     return items
 
 
-def quick_subset(items: list[WorkloadItem], groups: int) -> list[WorkloadItem]:
-    """Every request of `groups` groups, half of them asked more than once, in workload order."""
+def quick_subset(
+    items: list[WorkloadItem], groups: int, *, short_only: bool = False
+) -> list[WorkloadItem]:
+    """Every request of `groups` groups, half of them asked more than once, in workload order.
+
+    `short_only` keeps groups with short answers: a smoke run stays fast, and its answers end
+    before `max_tokens` (only whole answers are cached, so its repeats can hit).
+    """
     sizes: dict[str, int] = {}
     for item in items:
-        sizes[item.group] = sizes.get(item.group, 0) + 1
+        if not short_only or item.length == "short":
+            sizes[item.group] = sizes.get(item.group, 0) + 1
     repeated = [g for g in sizes if sizes[g] > 1][: (groups + 1) // 2]
     single = [g for g in sizes if sizes[g] == 1][: groups - len(repeated)]
     keep = set(repeated) | set(single)

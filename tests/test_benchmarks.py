@@ -38,11 +38,11 @@ def test_shipped_workload_is_what_the_builder_makes() -> None:
             assert position[item.id] > position[f"{item.group}-asked"]
 
 
-def test_quick_workload_repeats_questions_and_keeps_answers_short() -> None:
+def test_quick_workload_repeats_questions_and_asks_for_short_answers() -> None:
     items = select_items(DEFAULT_WORKLOAD, quick=True)
     groups = [item.group for item in items]
     assert len(set(groups)) < len(groups)  # something to hit the cache with
-    assert max(item.max_tokens for item in items) <= load_generator.QUICK_MAX_TOKENS
+    assert {item.length for item in items} == {"short"}
 
 
 def test_summary_counts_failures_by_class_and_prices_served_tokens() -> None:
