@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "load_generator.json"
 PERCENTILES = (50, 95, 99)
-QUICK_GROUPS = 3
+QUICK_GROUPS = 2
 REQUEST_TIMEOUT_S = 300.0
 
 

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-requests", type=int, default=30)
     parser.add_argument("--throughput-requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="2 + 4 requests")
+    parser.add_argument("--quick", action="store_true", help="1 + 2 requests, 2 in flight")
     parser.add_argument(
         "--vllm-bench", action="store_true", help="also run `vllm bench serve` on the cascade"
     )
@@ -296,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.latency_requests, args.throughput_requests = 2, 4
-        args.concurrency = min(args.concurrency, 4)
+        args.latency_requests, args.throughput_requests = 1, 2
+        args.concurrency = min(args.concurrency, 2)
     report = asyncio.run(run_benchmark(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
