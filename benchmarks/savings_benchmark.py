@@ -161,26 +161,37 @@ async def run_one(
     }
 
 
+QUALITY_SERIES = (
+    ("mmlu_accuracy_by_tier_labels", "o", "MMLU, accuracy by the answering tier's labels"),
+    ("reference_keyword_accuracy", "s", "factual questions, reference keyword in the answer"),
+)
+
+
 def plot_cost_vs_quality(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """One colour per run, one marker per quality proxy; x is the blended $/M."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, run in runs.items():
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, run in enumerate(runs.values()):
         x = run["summary"]["usd_per_million_tokens"]
-        for key, marker, label in (
-            ("mmlu_accuracy_by_tier_labels", "o", "MMLU (tier labels)"),
-            ("reference_keyword_accuracy", "s", "reference keywords"),
-        ):
+        for key, marker, _ in QUALITY_SERIES:
             y = run["quality"][key]
-            if y is None:
-                continue
-            ax.scatter([x], [y], marker=marker)
-            ax.annotate(
-                f"{name}\n{label}", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points"
-            )
+            if y is not None:
+                ax.scatter([x], [y], marker=marker, s=60, color=colours[n % len(colours)])
+    handles = [
+        Line2D([], [], color=colours[n % len(colours)], marker="o", linestyle="", label=name)
+        for n, name in enumerate(runs)
+    ]
+    handles += [
+        Line2D([], [], color="grey", marker=marker, linestyle="", label=label)
+        for _, marker, label in QUALITY_SERIES
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_xlabel("blended $ per million served tokens")
     ax.set_ylabel("quality proxy (accuracy)")
     ax.set_title("Cost vs. quality: cascade levers against all-large, no cache")

@@ -74,9 +74,10 @@ def quick_subset(
     for item in items:
         if not short_only or item.length == "short":
             sizes[item.group] = sizes.get(item.group, 0) + 1
-    # Groups asked three times (first, verbatim repeat, paraphrase) first: a sure hit.
-    by_size = sorted(sizes, key=lambda g: -sizes[g])
-    repeated = [g for g in by_size if sizes[g] > 1][: (groups + 1) // 2]
+    # A smoke run takes groups asked three times (first, verbatim repeat, paraphrase) first:
+    # a sure hit. Otherwise groups come in workload order.
+    order = sorted(sizes, key=lambda g: -sizes[g]) if short_only else list(sizes)
+    repeated = [g for g in order if sizes[g] > 1][: (groups + 1) // 2]
     single = [g for g in sizes if sizes[g] == 1][: groups - len(repeated)]
     keep = set(repeated) | set(single)
     return [item for item in items if item.group in keep]
