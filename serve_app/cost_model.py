@@ -8,11 +8,17 @@ against the counterfactual "the same tokens on the large tier, no cache".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from serve_app.config import TierCostConfig, TierName
 
 SECONDS_PER_HOUR = 3600.0
 TOKENS_PER_MILLION = 1e6
+
+Lever = Literal["cache", "routing", "fallback", "pinned"]
+"""Where a request's saving (or extra cost) against the all-large, no-cache counterfactual
+comes from. `pinned`: the client chose a tier itself (`cascade-small`), no lever of ours."""
+LEVERS: tuple[Lever, ...] = get_args(Lever)
 
 
 def usd_per_million_tokens(gpu_usd_per_hour: float, gpus: int, tokens_per_s: float) -> float:
@@ -128,3 +134,130 @@ class RequestCost:
     @property
     def saved_usd(self) -> float:
         return self.counterfactual_usd - self.total_usd
+
+
+@dataclass(frozen=True)
+class LeverSplit:
+    """One request's saving split by lever: gross dollars avoided, and what the lever cost.
+
+    Kept as two non-negative parts because Prometheus counters only go up; per request
+    sum(saved) - sum(cost) == counterfactual_usd - total_usd.
+    """
+
+    saved_usd: dict[Lever, float]
+    cost_usd: dict[Lever, float]
+
+    def net_usd(self, lever: Lever) -> float:
+        return self.saved_usd.get(lever, 0.0) - self.cost_usd.get(lever, 0.0)
+
+
+def split_by_lever(
+    cost: RequestCost, *, pinned: bool, escalated: bool, degraded: bool
+) -> LeverSplit:
+    """Attribute a request's saving against the counterfactual to the lever that made it.
+
+    - cache: a hit avoids the whole counterfactual; every lookup (hit or miss) costs CPU.
+    - routing: an answer from the tier the router chose saves the counterfactual minus that
+      tier's cost (zero on the large tier); every routing pass costs CPU.
+    - fallback: an escalation throws away the small tier's attempt (a cost, paid for
+      quality); a degraded answer (large tier down, small answered) saves like routing.
+    - pinned: the client's own tier choice.
+    """
+    saved: dict[Lever, float] = {}
+    spent: dict[Lever, float] = {"cache": cost.cache_lookup_usd, "routing": cost.router_usd}
+    if cost.cache_hit:
+        saved["cache"] = cost.counterfactual_usd
+        return LeverSplit(saved, spent)
+    if not cost.tiers:
+        return LeverSplit(saved, spent)
+    answered = cost.tiers[-1]
+    answer_saving = max(cost.counterfactual_usd - answered.cost_usd, 0.0)
+    if pinned:
+        saved["pinned"] = answer_saving
+    elif degraded:
+        saved["fallback"] = answer_saving
+    else:
+        saved["routing"] = answer_saving
+    if escalated:
+        spent["fallback"] = sum(usage.cost_usd for usage in cost.tiers[:-1])
+    return LeverSplit(saved, spent)
+
+
+@dataclass
+class CostLedger:
+    """Running cost totals of one ingress replica: what `GET /v1/cascade/summary` returns.
+
+    Each replica keeps its own; the Prometheus counters carry the same figures summed over
+    replicas (`python -m serve_app.report`).
+    """
+
+    requests: int = 0
+    cache_hits: int = 0
+    escalations: int = 0
+    served_prompt_tokens: int = 0
+    served_completion_tokens: int = 0
+    spent_usd: dict[str, float] = field(default_factory=dict)
+    counterfactual_usd: float = 0.0
+    lever_saved_usd: dict[str, float] = field(default_factory=dict)
+    lever_cost_usd: dict[str, float] = field(default_factory=dict)
+
+    def add(self, cost: RequestCost, split: LeverSplit, *, escalated: bool) -> None:
+        self.requests += 1
+        self.cache_hits += int(cost.cache_hit)
+        self.escalations += int(escalated)
+        self.served_prompt_tokens += cost.prompt_tokens
+        self.served_completion_tokens += cost.completion_tokens
+        for usage in cost.tiers:
+            _add(self.spent_usd, usage.tier, usage.cost_usd)
+        _add(self.spent_usd, "cache", cost.cache_lookup_usd)
+        _add(self.spent_usd, "router", cost.router_usd)
+        self.counterfactual_usd += cost.counterfactual_usd
+        for lever, usd in split.saved_usd.items():
+            _add(self.lever_saved_usd, lever, usd)
+        for lever, usd in split.cost_usd.items():
+            _add(self.lever_cost_usd, lever, usd)
+
+    def summary(self) -> dict[str, object]:
+        return cost_summary(
+            spent_usd=self.spent_usd,
+            counterfactual_usd=self.counterfactual_usd,
+            served_tokens=self.served_prompt_tokens + self.served_completion_tokens,
+            lever_saved_usd=self.lever_saved_usd,
+            lever_cost_usd=self.lever_cost_usd,
+        ) | {
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "escalations": self.escalations,
+            "served_prompt_tokens": self.served_prompt_tokens,
+            "served_completion_tokens": self.served_completion_tokens,
+        }
+
+
+def cost_summary(
+    *,
+    spent_usd: dict[str, float],
+    counterfactual_usd: float,
+    served_tokens: float,
+    lever_saved_usd: dict[str, float],
+    lever_cost_usd: dict[str, float],
+) -> dict[str, object]:
+    """Totals, blended $/M served tokens against the baseline's, and net savings by lever."""
+    total_usd = sum(spent_usd.values())
+    per_million = TOKENS_PER_MILLION / served_tokens if served_tokens else 0.0
+    return {
+        "spent_usd": total_usd,
+        "spent_usd_by_component": dict(spent_usd),
+        "counterfactual_usd": counterfactual_usd,
+        "saved_usd": counterfactual_usd - total_usd,
+        "saved_fraction": 1 - total_usd / counterfactual_usd if counterfactual_usd else 0.0,
+        "blended_usd_per_million_tokens": total_usd * per_million,
+        "baseline_usd_per_million_tokens": counterfactual_usd * per_million,
+        "net_saved_usd_by_lever": {
+            lever: lever_saved_usd.get(lever, 0.0) - lever_cost_usd.get(lever, 0.0)
+            for lever in LEVERS
+        },
+    }
+
+
+def _add(totals: dict[str, float], key: str, usd: float) -> None:
+    totals[key] = totals.get(key, 0.0) + usd

@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.auth import Authenticator, RateLimiter
 from serve_app.cache_client import CacheClient, CacheTicket
 from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
-from serve_app.cost_model import RequestCost, TierPrice, cpu_usd
+from serve_app.cost_model import CostLedger, RequestCost, TierPrice, cpu_usd
 from serve_app.errors import (
     DEPLOYMENT_CALL_FAILURES,
     AdminAuthError,
@@ -174,6 +174,8 @@ class CascadeIngress:
             name: TierPrice.from_config(self.config.tiers[name].cost) for name in TIER_NAMES
         }
         self.fallback = TierFallback(tiers, self.prices, self.config.quality)
+        self.ledger = CostLedger()
+        self.ledger_since_s = time.time()
 
     # ---- endpoints ---------------------------------------------------------------------
 
@@ -200,6 +202,23 @@ class CascadeIngress:
     @fastapi_app.get("/health")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @fastapi_app.get("/admin/cost/summary")
+    async def cost_summary(self, request: Request) -> dict[str, Any]:
+        """This replica's spend, savings by lever and blended $/M since it started.
+
+        Each ingress replica answers for itself; `python -m serve_app.report` sums the
+        Prometheus counters over every replica. Admin only: it totals every tenant.
+        """
+        self._authorize_admin(request)
+        context = serve.get_replica_context()
+        return {
+            "scope": "replica",
+            "replica": context.replica_id.unique_id,
+            "replicas": context.world_size,
+            "since_unix_s": self.ledger_since_s,
+            **self.ledger.summary(),
+        }
 
     @fastapi_app.post(
         "/v1/route",
@@ -297,7 +316,8 @@ class CascadeIngress:
     def _record(self, trace: RequestTrace, started_s: float, *, streamed: bool = False) -> None:
         """Count a finished request; a replayed stream's first token comes at the very end."""
         latency_s = time.perf_counter() - started_s
-        self.metrics.record(trace, latency_s)
+        split = self.metrics.record(trace, latency_s)
+        self.ledger.add(trace.cost, split, escalated=trace.escalated)
         if trace.caller is not None:
             tokens = sum(u.prompt_tokens + u.completion_tokens for u in trace.cost.tiers)
             self.rate_limiter.charge_tokens(trace.caller, tokens)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from serve_app.cost_model import LeverSplit, split_by_lever
+
 if TYPE_CHECKING:
     from serve_app.request_trace import RequestTrace
 
@@ -77,6 +79,9 @@ class IngressMetrics:
     tokens: Counter
     cost_usd: Counter
     counterfactual_usd: Counter
+    served_tokens: Counter
+    lever_saved_usd: Counter
+    lever_cost_usd: Counter
     escalations: Counter
     errors: Counter
     router_fallbacks: Counter
@@ -105,6 +110,24 @@ class IngressMetrics:
             counterfactual_usd=Counter(
                 "cascade_counterfactual_usd",
                 description="Dollars the same answers would cost on the large tier, no cache.",
+            ),
+            served_tokens=Counter(
+                "cascade_served_tokens",
+                description="Tokens of the answers clients received, cache hits included "
+                "(prompt or completion): the denominator of the blended $/M.",
+                tag_keys=("kind",),
+            ),
+            lever_saved_usd=Counter(
+                "cascade_lever_saved_usd",
+                description="Dollars avoided against the all-large, no-cache counterfactual, "
+                "by lever: cache, routing, fallback, pinned.",
+                tag_keys=("lever",),
+            ),
+            lever_cost_usd=Counter(
+                "cascade_lever_cost_usd",
+                description="Dollars a lever itself cost (cache lookups, router passes, the "
+                "discarded small-tier answer of an escalation); net = saved - cost.",
+                tag_keys=("lever",),
             ),
             escalations=Counter(
                 "cascade_escalations",
@@ -135,8 +158,8 @@ class IngressMetrics:
             ),
         )
 
-    def record(self, trace: RequestTrace, latency_s: float) -> None:
-        """Count one answered request: its route, tokens, dollars and latency."""
+    def record(self, trace: RequestTrace, latency_s: float) -> LeverSplit:
+        """Count one answered request: its route, tokens, dollars, savings and latency."""
         tier = trace.tier or "none"
         route = "pinned" if trace.pinned else "routed"
         escalated = "true" if trace.escalated else "false"
@@ -152,8 +175,18 @@ class IngressMetrics:
         _inc(self.cost_usd, cost.cache_lookup_usd, {"component": "cache"})
         _inc(self.cost_usd, cost.router_usd, {"component": "router"})
         _inc(self.counterfactual_usd, cost.counterfactual_usd, None)
+        _inc(self.served_tokens, cost.prompt_tokens, {"kind": "prompt"})
+        _inc(self.served_tokens, cost.completion_tokens, {"kind": "completion"})
+        split = split_by_lever(
+            cost, pinned=trace.pinned, escalated=trace.escalated, degraded=trace.degraded
+        )
+        for lever, usd in split.saved_usd.items():
+            _inc(self.lever_saved_usd, usd, {"lever": lever})
+        for lever, usd in split.cost_usd.items():
+            _inc(self.lever_cost_usd, usd, {"lever": lever})
         if trace.escalation_reason:
             self.escalations.inc(tags={"reason": trace.escalation_reason})
+        return split
 
     def observe_ttft(self, trace: RequestTrace, ttft_s: float) -> None:
         self.ttft_s.observe(ttft_s, tags={"tier": trace.tier or "none", "cache": trace.cache})

@@ -38,6 +38,7 @@ class RequestTrace:
             "x-cascade-cache": self.cache,
             "x-cascade-escalated": "true" if self.escalated else "false",
             "x-cascade-cost-usd": f"{self.cost.total_usd:.10f}",
+            "x-cascade-counterfactual-usd": f"{self.cost.counterfactual_usd:.10f}",
             "x-cascade-route": "pinned" if self.pinned else (self.routed_to or "none"),
         }
         if self.route_score is not None:

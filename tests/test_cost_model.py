@@ -2,10 +2,14 @@ import pytest
 
 from serve_app.config import TierCostConfig
 from serve_app.cost_model import (
+    LEVERS,
+    CostLedger,
+    LeverSplit,
     RequestCost,
     TierPrice,
     break_even_tokens_per_s,
     cpu_usd,
+    split_by_lever,
     usd_per_million_tokens,
 )
 
@@ -76,3 +80,71 @@ def test_cache_hit_pays_only_the_lookup() -> None:
 def test_zero_throughput_is_an_error_not_infinity() -> None:
     with pytest.raises(ValueError, match="tokens_per_s"):
         usd_per_million_tokens(3.5, 1, 0)
+
+
+def _split(cost: RequestCost, *, pinned=False, escalated=False, degraded=False) -> LeverSplit:
+    return split_by_lever(cost, pinned=pinned, escalated=escalated, degraded=degraded)
+
+
+def _net_total(split: LeverSplit) -> float:
+    return sum(split.net_usd(lever) for lever in LEVERS)
+
+
+def test_cache_hit_saving_goes_to_the_cache_lever() -> None:
+    cost = RequestCost(large_price=LARGE)
+    cost.charge_cache_hit(1e-7, prompt_tokens=300, completion_tokens=120)
+    split = _split(cost)
+    assert split.net_usd("cache") == pytest.approx(LARGE.cost_usd(300, 120) - 1e-7)
+    assert split.net_usd("routing") == 0
+    assert _net_total(split) == pytest.approx(cost.saved_usd)
+
+
+def test_small_tier_answer_credits_routing_and_charges_the_missed_lookup_to_cache() -> None:
+    cost = RequestCost(large_price=LARGE)
+    cost.charge_cache_lookup(2e-7)
+    cost.charge_router(1e-7)
+    cost.charge_tier("small", SMALL, 300, 120)
+    split = _split(cost)
+    assert split.net_usd("cache") == pytest.approx(-2e-7)
+    assert split.net_usd("routing") == pytest.approx(
+        LARGE.cost_usd(300, 120) - SMALL.cost_usd(300, 120) - 1e-7
+    )
+    assert _net_total(split) == pytest.approx(cost.saved_usd)
+
+
+def test_escalation_charges_the_discarded_small_answer_to_the_fallback_lever() -> None:
+    cost = RequestCost(large_price=LARGE)
+    cost.charge_router(1e-7)
+    cost.charge_tier("small", SMALL, 200, 5)
+    cost.charge_tier("large", LARGE, 200, 150)
+    split = _split(cost, escalated=True)
+    assert split.net_usd("fallback") == pytest.approx(-SMALL.cost_usd(200, 5))
+    assert split.net_usd("routing") == pytest.approx(-1e-7)
+    assert _net_total(split) == pytest.approx(cost.saved_usd)
+    assert all(usd >= 0 for usd in [*split.saved_usd.values(), *split.cost_usd.values()])
+
+
+def test_client_pinned_small_tier_is_not_credited_to_our_levers() -> None:
+    cost = RequestCost(large_price=LARGE)
+    cost.charge_tier("small", SMALL, 100, 10)
+    split = _split(cost, pinned=True)
+    assert split.net_usd("pinned") == pytest.approx(cost.saved_usd)
+    assert split.net_usd("routing") == 0
+
+
+def test_ledger_blends_dollars_per_million_served_tokens_cache_hits_included() -> None:
+    ledger = CostLedger()
+    hit = RequestCost(large_price=LARGE)
+    hit.charge_cache_hit(0.0, prompt_tokens=500, completion_tokens=500)
+    ledger.add(hit, _split(hit), escalated=False)
+    miss = RequestCost(large_price=LARGE)
+    miss.charge_tier("large", LARGE, 500, 500)
+    ledger.add(miss, _split(miss), escalated=False)
+    summary = ledger.summary()
+    large_per_million = LARGE.cost_usd(500, 500) / 1_000 * 1e6
+    assert summary["requests"] == 2 and summary["cache_hits"] == 1
+    # Half the tokens were free: the blended price is half the all-large price.
+    assert summary["blended_usd_per_million_tokens"] == pytest.approx(large_per_million / 2)
+    assert summary["baseline_usd_per_million_tokens"] == pytest.approx(large_per_million)
+    assert summary["saved_fraction"] == pytest.approx(0.5)
+    assert summary["net_saved_usd_by_lever"]["cache"] == pytest.approx(LARGE.cost_usd(500, 500))
