@@ -244,9 +244,10 @@ def shared_prompt_requests(system_prompt: str, questions: Sequence[str], max_tok
 
 
 def audit_requests(system_prompt: str, count: int, max_tokens: int) -> list[dict]:
-    # Questions from both sources; the prefix workload uses the pair questions from the start,
-    # the audit from the end, so the two workloads do not repeat one another.
-    questions = list(reversed(pair_questions())) + mmlu_prompts(limit=57)
+    # Short questions alternating with longer MMLU items (question + options). The prefix
+    # workload uses the pair questions from the start, the audit from the end: no repeats.
+    short, long = list(reversed(pair_questions())), mmlu_prompts(limit=57)
+    questions = [q for pair in zip(short, long, strict=False) for q in pair]
     return shared_prompt_requests(system_prompt, cycle(questions, count), max_tokens)
 
 
