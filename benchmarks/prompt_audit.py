@@ -5,13 +5,15 @@ Over a workload of chat requests that share a system prompt, it reports:
   template's header, the system prompt, the user turn's opening), counted with the model's own
   tokenizer and chat template, not estimated;
 - the prefix-cache hit rate: measured by vLLM (`vllm:prefix_cache_hits / queries`) when an engine
-  ran the workload, and the block-aligned ceiling a perfect prefix cache could reach;
+  ran the workload, and the hit rate reusing the all-shared prefix alone gives (whole 16-token
+  KV blocks, every request after the first; requests whose own openings also match, such as
+  two questions starting "What is", can hit a block or so more);
 - in dollars per million requests, priced per tier with `serve_app.cost_model` from
   `configs/local.yaml` and `configs/production.yaml` (prompt tokens at the tier's prefill rate):
   what the prompts cost, what the shared prefix costs, what the prefix cache saves, and what
   trimming the shared prefix to `--trim-to-tokens` would save with and without a prefix cache.
 
-    python -m benchmarks.prompt_audit                   # tokenizer only: shares and ceiling
+    python -m benchmarks.prompt_audit                   # tokenizer only: shares and bound
     flock /tmp/cascade-live.lock python -m benchmarks.prompt_audit --measure   # + vLLM hit rate
 
 `benchmarks.engine_levers` runs the same audit on its prefix-caching engine (lever 4).
@@ -115,7 +117,7 @@ def audit_prompts(
         "mean_prompt_tokens": mean_prompt,
         "shared_prefix_tokens_per_request": shared,
         "shared_prefix_share_of_prefill": shared_tokens / prompt_tokens,
-        "prefix_cache_hit_rate_ceiling": cacheable / prompt_tokens,
+        "shared_prefix_hit_rate": cacheable / prompt_tokens,
         "prefix_cache_hit_rate_measured": measured_hit_rate,
         "prefix_cache_hit_tokens_measured": measured_hit_tokens,
         "prefix_cache_query_tokens_measured": measured_query_tokens,
@@ -156,7 +158,7 @@ def format_audit(audit: dict[str, Any]) -> str:
         f"{audit['shared_prefix_share_of_prefill']:.1%} of prefill tokens",
         "  prefix-cache hit rate: measured "
         + ("n/a (no engine run)" if measured is None else f"{measured:.1%}")
-        + f", block-aligned ceiling {audit['prefix_cache_hit_rate_ceiling']:.1%}",
+        + f", from the all-shared prefix alone {audit['shared_prefix_hit_rate']:.1%}",
         f"  USD per 1M requests (trim = shared prefix cut to {audit['trim_to_tokens']} tokens):",
         f"    {'tier':<18}{'prompts':>10}{'shared':>10}{'cache saves':>13}"
         f"{'trim, no cache':>16}{'trim, cache':>13}",

@@ -40,7 +40,7 @@ def test_shared_prefix_share_and_trim_savings_follow_the_tokens() -> None:
     assert shared_prefix_length(prompts) == 100
     assert audit["shared_prefix_share_of_prefill"] == pytest.approx(400 / 408)
     # 3 later requests x 96 tokens (6 whole 16-token blocks of the 100 shared).
-    assert audit["prefix_cache_hit_rate_ceiling"] == pytest.approx(288 / 408)
+    assert audit["shared_prefix_hit_rate"] == pytest.approx(288 / 408)
     assert audit["prefix_cache_hit_rate_measured"] == pytest.approx(288 / 408)
     usd = audit["usd_per_million_requests"]["tier"]
     assert usd["prompts"] == pytest.approx(102 * 2.0)
@@ -111,7 +111,9 @@ def test_quick_run_reports_every_lever(tmp_path: Path) -> None:
     audit = report["prompt_audit"]
     assert audit["requests"] == options.audit_requests
     assert 0.5 < audit["shared_prefix_share_of_prefill"] < 1
-    assert 0 < audit["prefix_cache_hit_rate_measured"] <= audit["prefix_cache_hit_rate_ceiling"]
+    # Reusing the prefix shared by all is most of the hits (pairs may share a block more).
+    measured = audit["prefix_cache_hit_rate_measured"]
+    assert 0.8 * audit["shared_prefix_hit_rate"] <= measured <= 1
     for usd in audit["usd_per_million_requests"].values():
         assert 0 < usd["prefix_cache_saves"] < usd["shared_prefix"] < usd["prompts"]
 
