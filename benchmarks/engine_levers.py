@@ -98,6 +98,12 @@ class LeverOptions:
     min_output_tokens: int = 16
     max_output_tokens: int = 384
     """Output lengths are log-uniform in [min, max]: many short answers, a few long ones."""
+    static_dtype: str = "float32"
+    """transformers baseline dtype: on this CPU fp32 decoded faster than bf16 in transformers
+    (139 vs 219 ms per batch-of-4 step, one thread), so the baseline gets the faster one."""
+    static_torch_threads: int = 1
+    """vLLM's CPU worker also runs one torch thread on 2 cores; more threads on a busy box
+    made transformers 8-20x slower (OpenMP threads waiting on each other)."""
     system_prompt_tokens: int = 1000
     prefix_requests: int = 24
     prefix_max_tokens: int = 16
@@ -345,7 +351,15 @@ def plan_engines(options: LeverOptions, system_prompt: str) -> list[EngineRun]:
             },
         },
     )
-    static = EngineRun("static-batching", "transformers", {"batch_size": options.max_num_seqs})
+    static = EngineRun(
+        "static-batching",
+        "transformers",
+        {
+            "batch_size": options.max_num_seqs,
+            "dtype": options.static_dtype,
+            "torch_threads": options.static_torch_threads,
+        },
+    )
     if "continuous" in levers:
         requests = batching_requests(options)
         plain.tasks.append(task("continuous", [requests]))
@@ -556,13 +570,14 @@ def run_static_batching(run: EngineRun, result_path: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(run.engine_kwargs.get("torch_threads", 1))
+    dtype = getattr(torch, run.engine_kwargs.get("dtype", "float32"))
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir()))
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so generation continues
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir()), dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir()), dtype=dtype).eval()
     start_s = time.perf_counter() - started
     batch_size = run.engine_kwargs["batch_size"]
     generate_batch(model, tokenizer, [chat([{"role": "user", "content": "Hi"}], 4)] * 2)
@@ -571,7 +586,13 @@ def run_static_batching(run: EngineRun, result_path: Path) -> dict[str, Any]:
         requests = [r for wave in spec["waves"] for r in wave]
         batches = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
         tasks[spec["name"]] = {"batches": [generate_batch(model, tokenizer, b) for b in batches]}
-    return {"engine": run.name, "start_s": start_s, "batch_size": batch_size, "tasks": tasks}
+    return {
+        "engine": run.name,
+        "start_s": start_s,
+        "batch_size": batch_size,
+        "dtype": run.engine_kwargs.get("dtype", "float32"),
+        "tasks": tasks,
+    }
 
 
 def generate_batch(model: Any, tokenizer: Any, requests: list[dict]) -> dict[str, Any]:
@@ -654,6 +675,7 @@ def analyse_continuous(plain: dict, static: dict, requests: list[dict]) -> dict[
     lengths = [r["max_tokens"] for r in requests]
     static_summary = {
         "batch_size": static["batch_size"],
+        "dtype": static.get("dtype"),
         "batches": len(batches),
         "wall_s": static_wall,
         "output_tokens": useful,
