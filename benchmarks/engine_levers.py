@@ -1053,6 +1053,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child is not None:
         return child_main(args.child)
     options = options_from_args(args)
+    # A TERM (e.g. from `timeout`) must unwind through run_engine_subprocess's `finally`, which
+    # kills the engine's process group; Python's default TERM exits without running it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     report = run_benchmark(options)
     write_report(report, options.out)
     print(format_report(report))
