@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -84,6 +84,13 @@ def router_label(outcome: Outcome, rule: LabelRule, pass_score: float = 0.5) -> 
 
 def read_jsonl(path: str | Path) -> list[Outcome]:
     """Read the generic format (`prompt`, `small_score`, `large_score`, optional `label`)."""
+    return read_jsonl_rows(path, _outcome_from_row)
+
+
+def read_jsonl_rows(
+    path: str | Path, outcome_from_row: Callable[[dict, str], Outcome]
+) -> list[Outcome]:
+    """One outcome per non-empty line; a bad line raises DataError naming the file and line."""
     path = Path(path)
     outcomes = []
     with path.open() as f:
@@ -92,8 +99,8 @@ def read_jsonl(path: str | Path) -> list[Outcome]:
                 continue
             try:
                 row = json.loads(line)
-                outcomes.append(_outcome_from_row(row, default_id=f"{path.stem}:{line_no}"))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                outcomes.append(outcome_from_row(row, f"{path.stem}:{line_no}"))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise DataError(f"{path}:{line_no}: {type(e).__name__}: {e}") from e
             except DataError as e:
                 raise DataError(f"{path}:{line_no}: {e}") from e

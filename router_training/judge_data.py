@@ -15,28 +15,16 @@ Train with `label_rule: small_fails` and `early_stopping_metric: roc_auc`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from router_training.data import DataError, Outcome, question_group
+from router_training.data import Outcome, question_group, read_jsonl_rows
 from serve_app.judge import judge_text
 
 
 def read_judge_jsonl(path: str | Path) -> list[Outcome]:
     """Judge rows → outcomes whose text is what the serving judge reads."""
-    path = Path(path)
-    outcomes = []
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                outcomes.append(_judge_outcome(row, default_id=f"{path.stem}:{line_no}"))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{path}:{line_no}: {type(e).__name__}: {e}") from e
-    return outcomes
+    return read_jsonl_rows(path, _judge_outcome)
 
 
 def _judge_outcome(row: dict, default_id: str) -> Outcome:
