@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -64,6 +65,11 @@ def stack_ray_address(base_url: str) -> str:
 
 
 def connect_to_stack(base_url: str) -> None:
+    # A local cluster started while ~/.ray/auth_token exists requires that token, and Ray
+    # only picks it up by itself for address="auto"; an explicit address needs the mode set
+    # before Ray reads its config.
+    if (Path.home() / ".ray" / "auth_token").exists():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if not ray.is_initialized():
