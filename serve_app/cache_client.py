@@ -15,9 +15,10 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.cache_keys import CacheKey, cache_key_for_request
 from serve_app.config import CacheConfig
-from serve_app.errors import DEPLOYMENT_CALL_FAILURES, InvalidRequestError
+from serve_app.errors import DEPLOYMENT_CALL_FAILURES
 from serve_app.metrics import IngressMetrics
 from serve_app.openai_protocol import Answer, RequestKind
+from serve_app.request_limits import seconds_header
 
 logger = logging.getLogger("ray.serve")
 
@@ -31,19 +32,6 @@ class CacheTicket:
 
     key: CacheKey
     ttl_s: float | None
-
-
-def _client_ttl_s(headers: Any) -> float | None:
-    raw = headers.get(CLIENT_TTL_HEADER)
-    if raw is None:
-        return None
-    try:
-        ttl_s = float(raw)
-    except ValueError as e:
-        raise InvalidRequestError(f"{CLIENT_TTL_HEADER} must be a number of seconds") from e
-    if not ttl_s > 0:
-        raise InvalidRequestError(f"{CLIENT_TTL_HEADER} must be positive")
-    return ttl_s
 
 
 def _client_opted_out(body: dict[str, Any], headers: Any) -> bool:
@@ -61,7 +49,8 @@ class CacheClient:
         self, body: dict[str, Any], kind: RequestKind, *, tenant: str, headers: Any
     ) -> CacheTicket | None:
         """The request's cache ticket, or None when it must bypass the cache."""
-        ttl_s = _client_ttl_s(headers)  # validated even when bypassing: bad input is a 400
+        # Validated even when bypassing: bad input is a 400.
+        ttl_s = seconds_header(headers, CLIENT_TTL_HEADER)
         if _client_opted_out(body, headers):
             return None
         key = cache_key_for_request(

@@ -53,19 +53,29 @@ def check_request_limits(
 CLIENT_TIMEOUT_HEADER = "x-cascade-timeout-s"
 
 
+def seconds_header(headers: Any, name: str) -> float | None:
+    """A client header holding a positive number of seconds; None when absent, 400 when bad."""
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError as e:
+        raise InvalidRequestError(f"{name} must be a number of seconds.") from e
+    if not seconds > 0:
+        raise InvalidRequestError(f"{name} must be a positive number.")
+    return seconds
+
+
 def request_timeout_s(headers: Any, configured_s: float) -> float:
     """The request's deadline: the configured one, or the client's own if it is shorter.
 
     A client that gives up after N seconds gains nothing from a generation that runs longer;
     with its deadline the cascade aborts the generation and frees the engine slot at N.
     """
-    raw = headers.get(CLIENT_TIMEOUT_HEADER)
-    if raw is None:
+    client_s = seconds_header(headers, CLIENT_TIMEOUT_HEADER)
+    if client_s is None:
         return configured_s
-    try:
-        client_s = float(raw)
-    except ValueError as e:
-        raise InvalidRequestError(f"{CLIENT_TIMEOUT_HEADER} must be a number of seconds.") from e
-    if not 0 < client_s < float("inf"):
+    if client_s == float("inf"):
         raise InvalidRequestError(f"{CLIENT_TIMEOUT_HEADER} must be a positive number.")
     return min(client_s, configured_s)
