@@ -221,6 +221,17 @@ class IngressConfig(StrictModel):
         default="cascade", description="Model name that asks for routing by the cascade."
     )
     request_timeout_s: float = Field(default=120.0, gt=0)
+    max_in_flight: int | None = Field(
+        default=None,
+        gt=0,
+        description="Requests one ingress replica works on at once (streams count until they "
+        "end); the rest get an immediate 503 `overloaded` with Retry-After. Must be below the "
+        "ingress's max_ongoing_requests, or excess queues in the proxy instead. None: no bound "
+        "besides the tiers' own queues.",
+    )
+    overload_retry_after_s: float = Field(
+        default=1.0, gt=0, description="Retry-After sent with the ingress's own refusals."
+    )
     admin_token_env: str | None = Field(
         default="CASCADE_ADMIN_TOKEN",
         description="Environment variable holding the bearer token of the admin API "
@@ -233,6 +244,17 @@ class IngressConfig(StrictModel):
         "measured latency at this price.",
     )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_admission_below_replica_limit(self) -> IngressConfig:
+        ongoing = self.deployment_config.get("max_ongoing_requests")
+        if self.max_in_flight is not None and ongoing is not None and self.max_in_flight >= ongoing:
+            raise ValueError(
+                f"ingress.max_in_flight ({self.max_in_flight}) must be below the ingress's "
+                f"max_ongoing_requests ({ongoing}): the proxy queues requests past that, so "
+                "they would wait instead of being refused"
+            )
+        return self
 
 
 class ApiKeyConfig(StrictModel):

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.admission import AdmissionGate
 from serve_app.auth import Authenticator, RateLimiter
 from serve_app.cache_client import CacheClient, CacheTicket
 from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
@@ -176,6 +177,11 @@ class CascadeIngress:
         self.fallback = TierFallback(tiers, self.prices, self.config.quality)
         self.ledger = CostLedger()
         self.ledger_since_s = time.time()
+        self.admission = AdmissionGate(
+            self.config.ingress.max_in_flight,
+            retry_after_s=self.config.ingress.overload_retry_after_s,
+            on_change=self.metrics.in_flight.set,
+        )
 
     # ---- endpoints ---------------------------------------------------------------------
 
@@ -272,10 +278,23 @@ class CascadeIngress:
 
     async def _handle(self, request: Request, kind: RequestKind) -> Response:
         try:
-            return await self._answer_request(request, kind)
+            self.admission.enter()
         except CascadeError as error:
             self.metrics.errors.inc(tags={"status": str(error.status_code)})
             raise
+        streaming = False
+        try:
+            response = await self._answer_request(request, kind)
+            if isinstance(response, StreamingResponse):
+                response.body_iterator = self.admission.release_after(response.body_iterator)
+                streaming = True
+            return response
+        except CascadeError as error:
+            self.metrics.errors.inc(tags={"status": str(error.status_code)})
+            raise
+        finally:
+            if not streaming:
+                self.admission.leave()
 
     async def _answer_request(self, request: Request, kind: RequestKind) -> Response:
         started_s = time.perf_counter()

@@ -88,6 +88,7 @@ class IngressMetrics:
     cache_fail_opens: Counter
     latency_s: Histogram
     ttft_s: Histogram
+    in_flight: Gauge
 
     @classmethod
     def create(cls) -> IngressMetrics:
@@ -155,6 +156,10 @@ class IngressMetrics:
                 description="Time to the first streamed token (s).",
                 boundaries=REQUEST_S_BOUNDARIES,
                 tag_keys=("tier", "cache"),
+            ),
+            in_flight=Gauge(
+                "cascade_ingress_in_flight",
+                description="Requests this ingress replica is working on (its admission count).",
             ),
         )
 

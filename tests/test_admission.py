@@ -1,0 +1,84 @@
+"""The ingress's admission gate: bounded in-flight requests, fast refusals, no leaked slots."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+import gc
+
+import pytest
+
+from serve_app.admission import AdmissionGate
+from serve_app.config import IngressConfig
+from serve_app.errors import OverloadedError
+
+
+def test_requests_past_the_limit_are_refused_with_retry_after() -> None:
+    gate = AdmissionGate(2, retry_after_s=3.0)
+    gate.enter()
+    gate.enter()
+    with pytest.raises(OverloadedError) as refused:
+        gate.enter()
+    assert refused.value.status_code == 503
+    assert refused.value.headers["retry-after"] == "3"
+    gate.leave()
+    gate.enter()  # a finished request frees its slot
+    assert gate.in_flight == 2
+
+
+def test_no_limit_admits_everything() -> None:
+    gate = AdmissionGate(None, retry_after_s=1.0)
+    for _ in range(1000):
+        gate.enter()
+    assert gate.in_flight == 1000
+
+
+async def _events() -> AsyncIterator[str]:
+    for event in ("a", "b"):
+        yield event
+
+
+def test_a_stream_holds_its_slot_until_it_ends() -> None:
+    seen: list[int] = []
+    gate = AdmissionGate(1, retry_after_s=1.0, on_change=seen.append)
+    gate.enter()
+    relay = gate.release_after(_events())
+
+    async def consume() -> list[str]:
+        return [event async for event in relay]
+
+    assert gate.in_flight == 1
+    assert asyncio.run(consume()) == ["a", "b"]
+    assert gate.in_flight == 0
+    assert seen == [1, 0]
+
+
+def test_a_stream_dropped_before_its_first_byte_frees_its_slot() -> None:
+    gate = AdmissionGate(1, retry_after_s=1.0)
+    gate.enter()
+    relay = gate.release_after(_events())
+    del relay
+    gc.collect()
+    assert gate.in_flight == 0
+    gate.enter()
+
+
+def test_a_stream_closed_midway_frees_its_slot_once() -> None:
+    gate = AdmissionGate(1, retry_after_s=1.0)
+    gate.enter()
+    relay = gate.release_after(_events())
+
+    async def take_one_then_close() -> None:
+        await relay.__anext__()
+        await relay.aclose()
+
+    asyncio.run(take_one_then_close())
+    del relay
+    gc.collect()
+    assert gate.in_flight == 0
+
+
+def test_config_refuses_a_gate_the_proxy_would_never_reach() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        IngressConfig(max_in_flight=256, deployment_config={"max_ongoing_requests": 256})
+    IngressConfig(max_in_flight=96, deployment_config={"max_ongoing_requests": 256})
