@@ -61,7 +61,7 @@ LEVERS = ("continuous", "prefix", "speculative", "audit")
 
 # Settings that work for vLLM's CPU build on this box (/work/shared/ENVIRONMENT.md).
 ENGINE_BASE_KWARGS: dict[str, Any] = {
-    "dtype": "bfloat16",
+    "dtype": "float32",  # as configs/local.yaml: bf16 has no oneDNN matmul on AVX2 CPUs
     "enforce_eager": True,
     "max_model_len": 2048,
     "disable_log_stats": False,  # the prefix-cache and spec-decode counters need stats on

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 import gc
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -68,11 +68,11 @@ def test_a_stream_closed_midway_frees_its_slot_once() -> None:
     gate.enter()
     relay = gate.release_after(_events())
 
-    async def take_one_then_close() -> None:
-        await relay.__anext__()
-        await relay.aclose()
+    async def take_one_then_close(stream: AsyncIterator[str]) -> None:
+        await stream.__anext__()
+        await stream.aclose()  # type: ignore[attr-defined]
 
-    asyncio.run(take_one_then_close())
+    asyncio.run(take_one_then_close(relay))
     del relay
     gc.collect()
     assert gate.in_flight == 0
