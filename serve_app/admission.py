@@ -4,14 +4,22 @@ Past the bound a request is refused before any work is spent on it (no body read
 embedding, no routing), so refusals stay fast while the replica is busiest. The tiers' own
 queues (`max_queued_requests`) remain the bound on the engines; this one keeps the ingress's
 event loop responsive when far more clients arrive than the tiers admit.
+
+Refusals carry a Retry-After that tracks how long admitted requests actually take: a client
+told to come back in 1 s while answers take 15 s is refused again, and a crowd of such
+clients turns the refusals themselves into the overload.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 
 from serve_app.errors import OverloadedError
+
+# Weight of the newest request in the moving average of admitted request durations.
+_DURATION_EWMA_WEIGHT = 0.2
 
 
 class AdmissionGate:
@@ -22,26 +30,47 @@ class AdmissionGate:
         limit: int | None,
         *,
         retry_after_s: float,
+        max_retry_after_s: float = 30.0,
         on_change: Callable[[int], None] | None = None,
     ):
         self.limit = limit
-        self.retry_after_s = retry_after_s
+        self.min_retry_after_s = retry_after_s
+        self.max_retry_after_s = max(retry_after_s, max_retry_after_s)
         self.in_flight = 0
+        self.typical_duration_s: float | None = None
         self._on_change = on_change
 
-    def enter(self) -> None:
-        """Admit one request or raise a 503 `overloaded` with Retry-After."""
+    @property
+    def retry_after_s(self) -> float:
+        """When a refused client should come back: about one admitted request's duration."""
+        typical = self.typical_duration_s or 0.0
+        return min(max(self.min_retry_after_s, typical), self.max_retry_after_s)
+
+    def overloaded(self, message: str) -> OverloadedError:
+        return OverloadedError(message, retry_after_s=self.retry_after_s)
+
+    def enter(self) -> float:
+        """Admit one request (returns its start time) or raise a 503 `overloaded`."""
         if self.limit is not None and self.in_flight >= self.limit:
-            raise OverloadedError(
-                f"The cascade is at capacity ({self.limit} requests in flight); retry later.",
-                retry_after_s=self.retry_after_s,
+            raise self.overloaded(
+                f"The cascade is at capacity ({self.limit} requests in flight); retry later."
             )
         self._set(self.in_flight + 1)
+        return time.monotonic()
 
-    def leave(self) -> None:
+    def leave(self, started_s: float, *, completed: bool) -> None:
+        """A request is done; a completed one updates the typical duration."""
         self._set(self.in_flight - 1)
+        if completed:
+            duration_s = time.monotonic() - started_s
+            previous = self.typical_duration_s
+            self.typical_duration_s = (
+                duration_s
+                if previous is None
+                else previous + _DURATION_EWMA_WEIGHT * (duration_s - previous)
+            )
 
-    def release_after(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    def release_after(self, events: AsyncIterator[str], started_s: float) -> AsyncIterator[str]:
         """Relay a streamed body; the request leaves the gate when the stream ends.
 
         Also when the relay is dropped unstarted (the client left before the first byte):
@@ -49,21 +78,23 @@ class AdmissionGate:
         """
         released = False
 
-        def release_once() -> None:
+        def release_once(completed: bool) -> None:
             nonlocal released
             if not released:
                 released = True
-                self.leave()
+                self.leave(started_s, completed=completed)
 
         async def relay() -> AsyncIterator[str]:
+            completed = False
             try:
                 async for event in events:
                     yield event
+                completed = True
             finally:
-                release_once()
+                release_once(completed)
 
         stream = relay()
-        weakref.finalize(stream, release_once)
+        weakref.finalize(stream, release_once, False)
         return stream
 
     def _set(self, in_flight: int) -> None:

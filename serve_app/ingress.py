@@ -30,6 +30,7 @@ from serve_app.errors import (
     CascadeError,
     InvalidRequestError,
     ModelNotFoundError,
+    OverloadedError,
     RequestTimeoutError,
     openai_error_body,
 )
@@ -277,24 +278,28 @@ class CascadeIngress:
     # ---- request path ------------------------------------------------------------------
 
     async def _handle(self, request: Request, kind: RequestKind) -> Response:
+        started_s: float | None = None
+        streaming = completed = False
         try:
-            self.admission.enter()
-        except CascadeError as error:
-            self.metrics.errors.inc(tags={"status": str(error.status_code)})
-            raise
-        streaming = False
-        try:
+            started_s = self.admission.enter()
             response = await self._answer_request(request, kind)
             if isinstance(response, StreamingResponse):
-                response.body_iterator = self.admission.release_after(response.body_iterator)
+                response.body_iterator = self.admission.release_after(
+                    response.body_iterator, started_s
+                )
                 streaming = True
+            completed = True
             return response
+        except OverloadedError as error:
+            # A full tier queue: send clients away for as long as answers actually take.
+            self.metrics.errors.inc(tags={"status": str(error.status_code)})
+            raise self.admission.overloaded(error.message) from error
         except CascadeError as error:
             self.metrics.errors.inc(tags={"status": str(error.status_code)})
             raise
         finally:
-            if not streaming:
-                self.admission.leave()
+            if started_s is not None and not streaming:
+                self.admission.leave(started_s, completed=completed)
 
     async def _answer_request(self, request: Request, kind: RequestKind) -> Response:
         started_s = time.perf_counter()

@@ -15,13 +15,13 @@ from serve_app.errors import OverloadedError
 
 def test_requests_past_the_limit_are_refused_with_retry_after() -> None:
     gate = AdmissionGate(2, retry_after_s=3.0)
-    gate.enter()
+    first = gate.enter()
     gate.enter()
     with pytest.raises(OverloadedError) as refused:
         gate.enter()
     assert refused.value.status_code == 503
     assert refused.value.headers["retry-after"] == "3"
-    gate.leave()
+    gate.leave(first, completed=True)
     gate.enter()  # a finished request frees its slot
     assert gate.in_flight == 2
 
@@ -33,6 +33,28 @@ def test_no_limit_admits_everything() -> None:
     assert gate.in_flight == 1000
 
 
+def test_retry_after_follows_how_long_admitted_requests_take() -> None:
+    gate = AdmissionGate(1, retry_after_s=1.0, max_retry_after_s=30.0)
+    assert gate.retry_after_s == 1.0  # nothing measured yet: the configured floor
+    for _ in range(20):
+        gate.leave(gate.enter() - 12.0, completed=True)  # answers take ~12 s
+    assert 11.0 < gate.retry_after_s <= 12.5
+    held = gate.enter()
+    with pytest.raises(OverloadedError) as refused:
+        gate.enter()
+    assert int(refused.value.headers["retry-after"]) >= 11
+    gate.leave(held, completed=False)
+    for _ in range(40):
+        gate.leave(gate.enter() - 0.01, completed=False)  # failures say nothing of capacity
+    assert gate.retry_after_s > 11.0
+
+
+def test_retry_after_is_capped() -> None:
+    gate = AdmissionGate(1, retry_after_s=1.0, max_retry_after_s=30.0)
+    gate.leave(gate.enter() - 600.0, completed=True)
+    assert gate.retry_after_s == 30.0
+
+
 async def _events() -> AsyncIterator[str]:
     for event in ("a", "b"):
         yield event
@@ -41,8 +63,7 @@ async def _events() -> AsyncIterator[str]:
 def test_a_stream_holds_its_slot_until_it_ends() -> None:
     seen: list[int] = []
     gate = AdmissionGate(1, retry_after_s=1.0, on_change=seen.append)
-    gate.enter()
-    relay = gate.release_after(_events())
+    relay = gate.release_after(_events(), gate.enter())
 
     async def consume() -> list[str]:
         return [event async for event in relay]
@@ -51,22 +72,22 @@ def test_a_stream_holds_its_slot_until_it_ends() -> None:
     assert asyncio.run(consume()) == ["a", "b"]
     assert gate.in_flight == 0
     assert seen == [1, 0]
+    assert gate.typical_duration_s is not None  # a finished stream counts as completed
 
 
 def test_a_stream_dropped_before_its_first_byte_frees_its_slot() -> None:
     gate = AdmissionGate(1, retry_after_s=1.0)
-    gate.enter()
-    relay = gate.release_after(_events())
+    relay = gate.release_after(_events(), gate.enter())
     del relay
     gc.collect()
     assert gate.in_flight == 0
+    assert gate.typical_duration_s is None
     gate.enter()
 
 
 def test_a_stream_closed_midway_frees_its_slot_once() -> None:
     gate = AdmissionGate(1, retry_after_s=1.0)
-    gate.enter()
-    relay = gate.release_after(_events())
+    relay = gate.release_after(_events(), gate.enter())
 
     async def take_one_then_close(stream: AsyncIterator[str]) -> None:
         await stream.__anext__()
