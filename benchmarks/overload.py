@@ -36,8 +36,28 @@ def overload_body(model: str, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def overload_report(outcomes: list[Outcome], clients: int, wall_s: float) -> dict[str, Any]:
-    rejected = [o.latency_s for o in outcomes if o.status in (429, 503) and o.well_formed]
+def _refusal_windows(refused: list[Outcome], window_s: float) -> list[dict[str, Any]]:
+    """Refusal latency by the window the request was sent in: the opening burst (every
+    client at once, Retry-After not yet learnt) against the steady state."""
+    windows: dict[int, list[float]] = {}
+    for outcome in refused:
+        windows.setdefault(int(outcome.started_s // window_s), []).append(outcome.latency_s)
+    return [
+        {
+            "from_s": index * window_s,
+            "refused": len(latencies),
+            "p50_ms": percentile_ms(latencies, 50),
+            "p99_ms": percentile_ms(latencies, 99),
+        }
+        for index, latencies in sorted(windows.items())
+    ]
+
+
+def overload_report(
+    outcomes: list[Outcome], clients: int, wall_s: float, *, window_s: float = 10.0
+) -> dict[str, Any]:
+    refused = [o for o in outcomes if o.status in (429, 503) and o.well_formed]
+    rejected = [o.latency_s for o in refused]
     lost = [o for o in outcomes if not o.well_formed]
     return {
         "clients": clients,
@@ -49,6 +69,8 @@ def overload_report(outcomes: list[Outcome], clients: int, wall_s: float) -> dic
             "p99": percentile_ms(rejected, 99),
             "max": percentile_ms(rejected, 100),
         },
+        "rejected_by_window": _refusal_windows(refused, window_s),
+        "retry_after_s": sorted({o.headers.get("retry-after", "") for o in refused}),
         "lost": len(lost),
         "answered_per_s": round(sum(o.ok for o in outcomes) / wall_s, 2),
     }

@@ -12,6 +12,7 @@ clients turns the refusals themselves into the overload.
 
 from __future__ import annotations
 
+import random
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,9 @@ from serve_app.errors import OverloadedError
 
 # Weight of the newest request in the moving average of admitted request durations.
 _DURATION_EWMA_WEIGHT = 0.2
+# Retry-After is spread over this range of the typical duration: clients refused together
+# must not all come back in the same second (a synchronised retry burst is an overload).
+_RETRY_AFTER_JITTER = (0.75, 1.5)
 
 
 class AdmissionGate:
@@ -42,8 +46,9 @@ class AdmissionGate:
 
     @property
     def retry_after_s(self) -> float:
-        """When a refused client should come back: about one admitted request's duration."""
-        typical = self.typical_duration_s or 0.0
+        """When a refused client should come back: about one admitted request's duration,
+        jittered so that clients refused together do not return together."""
+        typical = (self.typical_duration_s or 0.0) * random.uniform(*_RETRY_AFTER_JITTER)
         return min(max(self.min_retry_after_s, typical), self.max_retry_after_s)
 
     def overloaded(self, message: str) -> OverloadedError:

@@ -38,15 +38,17 @@ def test_retry_after_follows_how_long_admitted_requests_take() -> None:
     assert gate.retry_after_s == 1.0  # nothing measured yet: the configured floor
     for _ in range(20):
         gate.leave(gate.enter() - 12.0, completed=True)  # answers take ~12 s
-    assert 11.0 < gate.retry_after_s <= 12.5
+    advised = [gate.retry_after_s for _ in range(200)]
+    assert 0.75 * 11.0 < min(advised) and max(advised) <= 1.5 * 12.5
+    assert max(advised) - min(advised) > 3.0  # spread: refused clients do not return together
     held = gate.enter()
     with pytest.raises(OverloadedError) as refused:
         gate.enter()
-    assert int(refused.value.headers["retry-after"]) >= 11
+    assert int(refused.value.headers["retry-after"]) >= 8
     gate.leave(held, completed=False)
     for _ in range(40):
         gate.leave(gate.enter() - 0.01, completed=False)  # failures say nothing of capacity
-    assert gate.retry_after_s > 11.0
+    assert gate.typical_duration_s > 11.0
 
 
 def test_retry_after_is_capped() -> None:
