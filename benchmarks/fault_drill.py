@@ -33,6 +33,8 @@ from benchmarks.faults import (
 from benchmarks.loadgen import Outcome, run_load, summarize
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Escalation reasons that mean the small tier failed (serve_app/fallback.py), not its answer.
+_FAILURE_REASONS = ("error", "timeout", "small_circuit_open")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class DrillResult:
     orphaned_engines_after: int
 
     def failovers(self) -> int:
-        """Requests after the kill the router sent to the small tier, answered by the large."""
+        """Requests after the kill the router sent to the small tier that the large one
+        answered because the small tier failed (not because the quality gate escalated)."""
         return sum(
             1
             for o in self.outcomes
@@ -70,6 +73,7 @@ class DrillResult:
             and o.started_s >= self.kill_at_s
             and o.headers.get("x-cascade-route") == "small"
             and o.headers.get("x-cascade-tier") == "large"
+            and o.headers.get("x-cascade-escalation-reason") in _FAILURE_REASONS
         )
 
     def service_recovery_s(self) -> float:

@@ -31,7 +31,13 @@ SIMPLE_QUESTIONS = (
     "What do bees make?",
 )
 _OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
-_RECORDED_HEADERS = ("x-cascade-tier", "x-cascade-route", "x-cascade-cache", "retry-after")
+_RECORDED_HEADERS = (
+    "x-cascade-tier",
+    "x-cascade-route",
+    "x-cascade-cache",
+    "x-cascade-escalation-reason",
+    "retry-after",
+)
 
 
 @dataclass(frozen=True)
