@@ -64,17 +64,28 @@ def stack_ray_address(base_url: str) -> str:
     raise RuntimeError(f"no Ray cluster found serving {base_url}")
 
 
-def connect_to_stack(base_url: str) -> None:
-    # A local cluster started while ~/.ray/auth_token exists requires that token, and Ray
-    # only picks it up by itself for address="auto"; an explicit address needs the mode set
-    # before Ray reads its config.
+def use_ray_token_auth_if_configured() -> None:
+    """A local cluster started while ~/.ray/auth_token exists requires that token, and Ray only
+    picks it up by itself for address="auto"; an explicit address needs the mode set before
+    Ray first reads its config in this process (i.e. before anything initialises Ray)."""
     if (Path.home() / ".ray" / "auth_token").exists():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def connect_to_stack(base_url: str) -> None:
+    use_ray_token_auth_if_configured()
     import ray
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or stack_ray_address(base_url)
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or stack_ray_address(base_url)
+    try:
         ray.init(address=address, namespace="serve", log_to_driver=False)
+    except (ConnectionError, RuntimeError):
+        # Ray read its auth config before the token existed (e.g. a test process whose stack
+        # created ~/.ray/auth_token on start): "auto" finds the local cluster and its token.
+        ray.shutdown()
+        ray.init(address="auto", namespace="serve", log_to_driver=False)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 1.0) -> float:

@@ -9,7 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.faults import use_ray_token_auth_if_configured
 from serve_app import local_stack
+
+# Before any test module initialises Ray: the fault tests attach to the stack's cluster.
+use_ray_token_auth_if_configured()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
