@@ -79,10 +79,8 @@ class DrillResult:
     def service_recovery_s(self) -> float:
         """Kill to the end of the last failed request (0 if none failed): after it every request
         got a complete answer, whether or not the killed replica was back yet."""
-        failed_after_kill = [
-            o.started_s + o.latency_s for o in self.outcomes if not o.ok
-        ]
-        return max(0.0, max(failed_after_kill, default=self.kill_at_s) - self.kill_at_s)
+        failures_end_s = [o.started_s + o.latency_s for o in self.outcomes if not o.ok]
+        return max(0.0, max(failures_end_s, default=self.kill_at_s) - self.kill_at_s)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -230,7 +230,10 @@ class IngressConfig(StrictModel):
         "besides the tiers' own queues.",
     )
     overload_retry_after_s: float = Field(
-        default=1.0, gt=0, description="Retry-After sent with the ingress's own refusals."
+        default=1.0,
+        gt=0,
+        description="Shortest Retry-After of an overload refusal; it otherwise follows how long "
+        "admitted requests take (jittered, at most 30 s).",
     )
     admin_token_env: str | None = Field(
         default="CASCADE_ADMIN_TOKEN",

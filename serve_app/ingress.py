@@ -290,12 +290,12 @@ class CascadeIngress:
                 streaming = True
             completed = True
             return response
-        except OverloadedError as error:
-            # A full tier queue: send clients away for as long as answers actually take.
-            self.metrics.errors.inc(tags={"status": str(error.status_code)})
-            raise self.admission.overloaded(error.message) from error
         except CascadeError as error:
             self.metrics.errors.inc(tags={"status": str(error.status_code)})
+            if isinstance(error, OverloadedError) and started_s is not None:
+                # A full tier queue (the gate's own refusals already carry this Retry-After):
+                # send clients away for as long as answers actually take.
+                raise self.admission.overloaded(error.message) from error
             raise
         finally:
             if started_s is not None and not streaming:
