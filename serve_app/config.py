@@ -186,7 +186,11 @@ class QualityConfig(StrictModel):
         "stream small-tier tokens as they come; only errors before the first token escalate.",
     )
     small_tier_timeout_s: float = Field(
-        default=60.0, gt=0, description="A routed small-tier call slower than this escalates."
+        default=60.0,
+        gt=0,
+        description="A routed small-tier call still running after this (or after half the "
+        "request's remaining deadline, if sooner) is hedged: the large tier starts on the same "
+        "request, the first good answer wins and the other call is aborted.",
     )
     allow_degraded: bool = Field(
         default=False,

@@ -108,6 +108,16 @@ class RequestCost:
         self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
         return usage
 
+    def charge_abandoned(self, tier: TierName, price: TierPrice, prompt_tokens: int) -> None:
+        """A tier call cancelled once another tier's answer won (a hedged escalation).
+
+        It prefilled the prompt; the tokens it decoded before the cancel are not visible to a
+        non-streamed call, so they go uncharged. Kept before the answering tier, which must
+        stay last.
+        """
+        usage = TierUsage(tier, prompt_tokens, 0, price.cost_usd(prompt_tokens, 0))
+        self.tiers.insert(max(len(self.tiers) - 1, 0), usage)
+
     def charge_cache_lookup(self, usd: float) -> None:
         self.cache_lookup_usd += usd
 
@@ -151,16 +161,15 @@ class LeverSplit:
         return self.saved_usd.get(lever, 0.0) - self.cost_usd.get(lever, 0.0)
 
 
-def split_by_lever(
-    cost: RequestCost, *, pinned: bool, escalated: bool, degraded: bool
-) -> LeverSplit:
+def split_by_lever(cost: RequestCost, *, pinned: bool, degraded: bool) -> LeverSplit:
     """Attribute a request's saving against the counterfactual to the lever that made it.
 
     - cache: a hit avoids the whole counterfactual; every lookup (hit or miss) costs CPU.
     - routing: an answer from the tier the router chose saves the counterfactual minus that
       tier's cost (zero on the large tier); every routing pass costs CPU.
-    - fallback: an escalation throws away the small tier's attempt (a cost, paid for
-      quality); a degraded answer (large tier down, small answered) saves like routing.
+    - fallback: an escalation or a hedge throws away the other tier's attempt (a cost, paid
+      for quality or latency); a degraded answer (large tier down, small answered) saves like
+      routing.
     - pinned: the client's own tier choice.
     """
     saved: dict[Lever, float] = {}
@@ -178,7 +187,7 @@ def split_by_lever(
         saved["fallback"] = answer_saving
     else:
         saved["routing"] = answer_saving
-    if escalated:
+    if len(cost.tiers) > 1:
         spent["fallback"] = sum(usage.cost_usd for usage in cost.tiers[:-1])
     return LeverSplit(saved, spent)
 

@@ -1,8 +1,10 @@
 """Getting one good answer out of the tiers: quality escalation, error fallback, breakers.
 
 - A routed request the router sent to the small tier is judged by the quality gate; a weak
-  answer, an error, a timeout or an open small-tier circuit escalates it to the large tier,
-  at most once. The cost of both tiers is charged.
+  answer, an error or an open small-tier circuit escalates it to the large tier, at most
+  once. The cost of both tiers is charged.
+- A small tier slower than `small_tier_timeout_s` (or half the request's remaining deadline)
+  is hedged: the large tier starts on the same request and the first good answer wins.
 - When the large tier fails, a routed request is answered by the small tier only if the
   config allows degraded answers (flagged in the headers); otherwise the error stands.
 - Pinned requests go to their tier and nowhere else: the client chose it.
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import Any, TypeAlias
 
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import TIER_NAMES, QualityConfig, TierName
@@ -32,6 +35,9 @@ from serve_app.router import routing_text
 from serve_app.tier_client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")
+
+# A small-tier attempt: the answer to return, or the reason to escalate.
+_Attempt: TypeAlias = "tuple[dict[str, Any], Answer] | str"
 
 
 def _is_tier_failure(error: CascadeError) -> bool:
@@ -98,28 +104,89 @@ class TierFallback:
     ) -> tuple[dict[str, Any], Answer]:
         if not self.breakers["small"].allow():
             return await self._escalate(body, kind, trace, "small_circuit_open")
+        small = asyncio.ensure_future(self._small_attempt(body, kind, trace, judged))
+        try:
+            done, _ = await asyncio.wait({small}, timeout=self._hedge_delay_s(trace))
+            outcome = small.result() if done else await self._hedge(small, body, kind, trace)
+        finally:
+            small.cancel()  # a no-op once it is done; aborts its generation otherwise
+        if isinstance(outcome, str):
+            return await self._escalate(body, kind, trace, outcome)
+        return outcome
+
+    async def _small_attempt(
+        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, judged: bool
+    ) -> _Attempt:
+        """The small tier's answer if it is good enough, else the reason to escalate."""
         wants_logprobs = judged and self.gate.needs_logprobs
         internal = with_internal_logprobs(body, kind) if wants_logprobs else body
         try:
-            response, answer = await asyncio.wait_for(
-                self._ask("small", internal, kind, trace), self.config.small_tier_timeout_s
-            )
-        except TimeoutError:
-            self.breakers["small"].record_failure()
-            return await self._escalate(body, kind, trace, "timeout")
+            response, answer = await self._ask("small", internal, kind, trace)
         except CascadeError as error:
             if not (self.config.escalate_on_error and _is_tier_failure(error)):
                 raise
             logger.warning("small tier failed (%s); escalating", error.message)
-            return await self._escalate(body, kind, trace, "error")
-        reason = None
+            return "error"
         if judged:
             reason = await self.gate.judged_escalation_reason(routing_text(body, kind), answer)
-        if reason:
-            return await self._escalate(body, kind, trace, reason)
+            if reason:
+                return reason
         if internal is not body and not client_asked_for_logprobs(body):
             response = without_logprobs(response)
         return response, answer
+
+    def _hedge_delay_s(self, trace: RequestTrace) -> float:
+        """How long the small tier has alone: the configured timeout, or half the time left.
+
+        Half, because the large tier needs at least as long for the same answer: a hedge that
+        starts later can only end in a 504.
+        """
+        delay_s = self.config.small_tier_timeout_s
+        if trace.deadline_s is not None:
+            delay_s = min(delay_s, (trace.deadline_s - time.monotonic()) / 2)
+        return max(delay_s, 0.0)
+
+    async def _hedge(
+        self,
+        small: asyncio.Future[_Attempt],
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+    ) -> tuple[dict[str, Any], Answer]:
+        """The small tier is slow: the large tier starts too, and the first good answer wins.
+
+        The small call keeps running (cancelling it would throw away most of an answer that
+        may be seconds from done); whichever tier loses is cancelled, which aborts its
+        generation, and its prefill is charged.
+        """
+        self.breakers["small"].record_failure()
+        trace.hedged = True
+        large = asyncio.ensure_future(self._ask("large", body, kind, trace))
+        try:
+            await asyncio.wait({small, large}, return_when=asyncio.FIRST_COMPLETED)
+            if large.done() and large.exception() is None:
+                small.cancel()
+                trace.escalate("timeout")
+                response, answer = large.result()
+                self._charge_if_unanswered("small", answer.prompt_tokens, trace)
+                return response, answer
+            # The small tier finished first, or the large one failed: the small one decides.
+            outcome = await small
+            if not isinstance(outcome, str):
+                large.cancel()
+                self._charge_if_unanswered("large", outcome[1].prompt_tokens, trace)
+                return outcome
+            trace.escalate(outcome)
+            return await large
+        finally:
+            large.cancel()
+
+    def _charge_if_unanswered(
+        self, tier: TierName, prompt_tokens: int, trace: RequestTrace
+    ) -> None:
+        # Both tiers get the same prompt, so the winner's prompt tokens stand for the loser's.
+        if not any(usage.tier == tier for usage in trace.cost.tiers):
+            trace.cost.charge_abandoned(tier, self.prices[tier], prompt_tokens)
 
     async def _escalate(
         self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, reason: str

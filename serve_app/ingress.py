@@ -326,6 +326,7 @@ class CascadeIngress:
             self._record(trace, started_s, streamed=bool(body.get("stream")))
             return self._cached_response(lookup, body, kind, trace)
         trace.tier = await routing
+        trace.deadline_s = time.monotonic() + timeout_s
         try:
             # On expiry the tier call is cancelled, which aborts the generation in the engine.
             async with asyncio.timeout(timeout_s):

@@ -83,6 +83,7 @@ class IngressMetrics:
     lever_saved_usd: Counter
     lever_cost_usd: Counter
     escalations: Counter
+    hedges: Counter
     errors: Counter
     router_fallbacks: Counter
     cache_fail_opens: Counter
@@ -135,6 +136,11 @@ class IngressMetrics:
                 description="Small-tier answers replaced by the large tier, by reason.",
                 tag_keys=("reason",),
             ),
+            hedges=Counter(
+                "cascade_hedges",
+                description="Slow small-tier calls raced by the large tier, by the tier that won.",
+                tag_keys=("winner",),
+            ),
             errors=Counter(
                 "cascade_errors",
                 description="Requests answered with an error, by HTTP status.",
@@ -182,15 +188,15 @@ class IngressMetrics:
         _inc(self.counterfactual_usd, cost.counterfactual_usd, None)
         _inc(self.served_tokens, cost.prompt_tokens, {"kind": "prompt"})
         _inc(self.served_tokens, cost.completion_tokens, {"kind": "completion"})
-        split = split_by_lever(
-            cost, pinned=trace.pinned, escalated=trace.escalated, degraded=trace.degraded
-        )
+        split = split_by_lever(cost, pinned=trace.pinned, degraded=trace.degraded)
         for lever, usd in split.saved_usd.items():
             _inc(self.lever_saved_usd, usd, {"lever": lever})
         for lever, usd in split.cost_usd.items():
             _inc(self.lever_cost_usd, usd, {"lever": lever})
         if trace.escalation_reason:
             self.escalations.inc(tags={"reason": trace.escalation_reason})
+        if trace.hedged:
+            self.hedges.inc(tags={"winner": tier})
         return split
 
     def observe_ttft(self, trace: RequestTrace, ttft_s: float) -> None:

@@ -20,7 +20,9 @@ class RequestTrace:
     escalated: bool = False
     escalation_reason: str | None = None
     degraded: bool = False
+    hedged: bool = False  # the small tier was slow and the large tier raced it
     caller: Caller | None = None
+    deadline_s: float | None = None  # time.monotonic() by which the answer must be complete
 
     def escalate(self, reason: str) -> None:
         self.escalated = True
@@ -47,4 +49,6 @@ class RequestTrace:
             headers["x-cascade-escalation-reason"] = self.escalation_reason
         if self.degraded:
             headers["x-cascade-degraded"] = "true"
+        if self.hedged:
+            headers["x-cascade-hedged"] = "true"
         return headers

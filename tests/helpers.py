@@ -1,8 +1,13 @@
-"""Request builders shared by the tests of the live stack."""
+"""Request builders for the tests of the live stack, and a scripted LLM engine."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+from serve_app.errors import TierUnavailableError
+
+GOOD = "The capital of France is Paris, a city on the Seine known for its museums."
 
 
 def chat_body(content: str, **overrides: Any) -> dict[str, Any]:
@@ -14,3 +19,40 @@ def chat_body(content: str, **overrides: Any) -> dict[str, Any]:
         "temperature": 0,
     }
     return {**body, **overrides}
+
+
+class ScriptedTier:
+    """An LLM tier that answers after `delay_s`, fails while `failing` is set (a dead replica),
+    and counts the calls it got and the ones cancelled mid-generation.
+
+    It stands in for the LLM engine only, where a test needs timing or failures a real engine
+    cannot be told to produce; the fallback, gate and breakers under test are ours.
+    """
+
+    def __init__(self, model: str, *, delay_s: float = 0.0, text: str = GOOD) -> None:
+        self.model = model
+        self.delay_s = delay_s
+        self.text = text
+        self.finish_reason = "stop"
+        self.failing = False
+        self.calls = 0
+        self.cancelled = 0
+
+    async def complete(self, body: dict, kind: str) -> dict:
+        self.calls += 1
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.failing:
+            raise TierUnavailableError(f"Tier {self.model} is unavailable: replica died")
+        message = {"role": "assistant", "content": self.text}
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26},
+        }

@@ -76,8 +76,9 @@ def test_quick_benchmarks_run_against_the_stack(cascade_url: str, tmp_path: Path
     assert set(baseline["by_cache"]) == {"bypass"}
     assert "hit" in runs["cache only"]["summary"]["by_cache"]
     # Answers served from the cache cost less per token than the all-large baseline.
-    assert runs["cache only"]["summary"]["usd_per_million_tokens"] < (
-        baseline["usd_per_million_tokens"]
+    assert (
+        runs["cache only"]["summary"]["usd_per_million_tokens"]
+        < (baseline["usd_per_million_tokens"])
     )
     assert report["levers"]["cache_alone_saving_fraction"] > 0
     assert (tmp_path / "savings_cost_quality.png").stat().st_size > 0

@@ -82,8 +82,8 @@ def test_zero_throughput_is_an_error_not_infinity() -> None:
         usd_per_million_tokens(3.5, 1, 0)
 
 
-def _split(cost: RequestCost, *, pinned=False, escalated=False, degraded=False) -> LeverSplit:
-    return split_by_lever(cost, pinned=pinned, escalated=escalated, degraded=degraded)
+def _split(cost: RequestCost, *, pinned=False, degraded=False) -> LeverSplit:
+    return split_by_lever(cost, pinned=pinned, degraded=degraded)
 
 
 def _net_total(split: LeverSplit) -> float:
@@ -117,11 +117,25 @@ def test_escalation_charges_the_discarded_small_answer_to_the_fallback_lever() -
     cost.charge_router(1e-7)
     cost.charge_tier("small", SMALL, 200, 5)
     cost.charge_tier("large", LARGE, 200, 150)
-    split = _split(cost, escalated=True)
+    split = _split(cost)
     assert split.net_usd("fallback") == pytest.approx(-SMALL.cost_usd(200, 5))
     assert split.net_usd("routing") == pytest.approx(-1e-7)
     assert _net_total(split) == pytest.approx(cost.saved_usd)
     assert all(usd >= 0 for usd in [*split.saved_usd.values(), *split.cost_usd.values()])
+
+
+def test_hedge_won_by_the_small_tier_charges_the_cancelled_large_prefill_to_fallback() -> None:
+    cost = RequestCost(large_price=LARGE)
+    cost.charge_tier("small", SMALL, 200, 150)
+    cost.charge_abandoned("large", LARGE, 200)
+    assert [usage.tier for usage in cost.tiers] == ["large", "small"]
+    assert (cost.prompt_tokens, cost.completion_tokens) == (200, 150)
+    split = _split(cost)
+    assert split.net_usd("fallback") == pytest.approx(-LARGE.cost_usd(200, 0))
+    assert split.net_usd("routing") == pytest.approx(
+        LARGE.cost_usd(200, 150) - SMALL.cost_usd(200, 150)
+    )
+    assert _net_total(split) == pytest.approx(cost.saved_usd)
 
 
 def test_client_pinned_small_tier_is_not_credited_to_our_levers() -> None:

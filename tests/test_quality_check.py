@@ -10,18 +10,15 @@ import pytest
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import QualityConfig
 from serve_app.cost_model import RequestCost, TierPrice
-from serve_app.errors import TierUnavailableError
 from serve_app.fallback import TierFallback
 from serve_app.openai_protocol import Answer, client_asked_for_logprobs
 from serve_app.quality_check import QualityGate
 from serve_app.request_trace import RequestTrace
+from tests.helpers import GOOD, ScriptedTier
 
 
 def _answer(text: str, finish_reason: str = "stop", logprobs: tuple[float, ...] = ()) -> Answer:
     return Answer(text, finish_reason, 10, len(text.split()), "cascade-small", logprobs)
-
-
-GOOD = "The capital of France is Paris, a city on the Seine known for its museums."
 
 
 @pytest.mark.parametrize(
@@ -102,32 +99,6 @@ def test_failed_trial_reopens_the_circuit() -> None:
     assert breaker.state == "open"
     clock.now_s += 5
     assert not breaker.allow()
-
-
-class ScriptedTier:
-    """A tier that fails while `failing` is set (a dead replica) and counts the calls it got.
-
-    It stands in for the LLM engine only; the fallback, gate and breakers under test are ours.
-    """
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.failing = False
-        self.calls = 0
-
-    async def complete(self, body: dict, kind: str) -> dict:
-        self.calls += 1
-        if self.failing:
-            raise TierUnavailableError(f"Tier {self.model} is unavailable: replica died")
-        message = {"role": "assistant", "content": GOOD}
-        return {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26},
-        }
 
 
 def test_breaker_skips_a_failing_small_tier_until_its_cooldown_ends() -> None:

@@ -1,0 +1,108 @@
+"""A slow small tier is raced by the large tier instead of abandoned: the first good answer wins.
+
+Before hedging, a small-tier call past `small_tier_timeout_s` was cancelled and the large tier
+started from scratch with whatever was left of the deadline, so long answers ended in 504s
+(22 of 153 in the savings run). The engines are scripted (`ScriptedTier`) because a real one
+cannot be told how long to take; the fallback logic, the costs and the breaker are ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from serve_app.config import QualityConfig
+from serve_app.cost_model import RequestCost, TierPrice
+from serve_app.fallback import TierFallback
+from serve_app.openai_protocol import Answer
+from serve_app.request_trace import RequestTrace
+from tests.helpers import ScriptedTier
+
+SMALL_PRICE, LARGE_PRICE = TierPrice(1e-7, 2e-7), TierPrice(1e-6, 4e-6)
+BODY = {"model": "cascade", "messages": [{"role": "user", "content": "Capital of France?"}]}
+
+
+def _fallback(small: ScriptedTier, large: ScriptedTier, timeout_s: float) -> TierFallback:
+    return TierFallback(
+        {"small": small, "large": large},
+        {"small": SMALL_PRICE, "large": LARGE_PRICE},
+        QualityConfig(small_tier_timeout_s=timeout_s),
+    )
+
+
+def _ask(fallback: TierFallback, deadline_in_s: float | None = None) -> tuple[RequestTrace, Answer]:
+    trace = RequestTrace(pinned=False, cost=RequestCost(LARGE_PRICE), tier="small")
+    if deadline_in_s is not None:
+        trace.deadline_s = time.monotonic() + deadline_in_s
+    _, answer = asyncio.run(fallback.answer(BODY, "chat", trace))
+    return trace, answer
+
+
+def test_large_tier_answers_when_the_small_one_is_stuck_and_the_small_call_is_aborted() -> None:
+    small = ScriptedTier("cascade-small", delay_s=5.0)
+    large = ScriptedTier("cascade-large", delay_s=0.05)
+    started = time.monotonic()
+    trace, answer = _ask(_fallback(small, large, timeout_s=0.1))
+    assert time.monotonic() - started < 1.0  # not the 5 s the small tier would have taken
+    assert answer.model == "cascade-large"
+    assert (trace.tier, trace.escalation_reason, trace.hedged) == ("large", "timeout", True)
+    assert small.cancelled == 1  # its generation is aborted, not left running
+    assert trace.headers()["x-cascade-hedged"] == "true"
+    # The aborted small call's prefill is paid; the large answer is what the client got.
+    assert [(u.tier, u.completion_tokens) for u in trace.cost.tiers] == [
+        ("small", 0),
+        ("large", 16),
+    ]
+
+
+def test_a_small_answer_finishing_after_the_hedge_starts_still_wins() -> None:
+    small = ScriptedTier("cascade-small", delay_s=0.3)
+    large = ScriptedTier("cascade-large", delay_s=5.0)
+    trace, answer = _ask(_fallback(small, large, timeout_s=0.1))
+    assert answer.model == "cascade-small"
+    assert (trace.tier, trace.escalated, trace.hedged) == ("small", False, True)
+    assert large.calls == 1 and large.cancelled == 1
+    assert [(u.tier, u.completion_tokens) for u in trace.cost.tiers] == [
+        ("large", 0),
+        ("small", 16),
+    ]
+    assert trace.cost.total_usd < trace.cost.counterfactual_usd
+
+
+def test_a_weak_small_answer_after_the_hedge_waits_for_the_large_one() -> None:
+    small = ScriptedTier("cascade-small", delay_s=0.2, text="The capital of France is")
+    small.finish_reason = "length"
+    large = ScriptedTier("cascade-large", delay_s=0.5)
+    trace, answer = _ask(_fallback(small, large, timeout_s=0.1))
+    assert answer.model == "cascade-large"
+    assert (trace.escalation_reason, trace.hedged) == ("truncated", True)
+    assert large.cancelled == 0
+    assert [u.tier for u in trace.cost.tiers] == ["small", "large"]
+
+
+def test_a_failed_large_tier_leaves_the_slow_small_answer_standing() -> None:
+    small = ScriptedTier("cascade-small", delay_s=0.4)
+    large = ScriptedTier("cascade-large", delay_s=0.0)
+    large.failing = True
+    trace, answer = _ask(_fallback(small, large, timeout_s=0.1))
+    assert answer.model == "cascade-small"
+    assert (trace.tier, trace.escalated) == ("small", False)
+
+
+def test_a_short_deadline_starts_the_hedge_at_half_the_time_left() -> None:
+    small = ScriptedTier("cascade-small", delay_s=5.0)
+    large = ScriptedTier("cascade-large", delay_s=0.05)
+    started = time.monotonic()
+    trace, answer = _ask(_fallback(small, large, timeout_s=60), deadline_in_s=1.0)
+    waited_s = time.monotonic() - started
+    assert answer.model == "cascade-large" and trace.hedged
+    assert 0.4 < waited_s < 1.0  # hedged at ~0.5 s, not at the configured 60 s
+
+
+def test_a_fast_small_answer_never_touches_the_large_tier() -> None:
+    small = ScriptedTier("cascade-small", delay_s=0.0)
+    large = ScriptedTier("cascade-large", delay_s=0.0)
+    trace, answer = _ask(_fallback(small, large, timeout_s=1.0), deadline_in_s=30)
+    assert answer.model == "cascade-small"
+    assert (trace.hedged, large.calls) == (False, 0)
+    assert "x-cascade-hedged" not in trace.headers()
