@@ -3,6 +3,11 @@
 vLLM's engine processes (`VLLM::EngineCore`, `VLLM::Worker`) outlive `serve shutdown`, a
 killed `serve run` and even `ray stop --force`, each holding GBs of RAM (ENVIRONMENT.md). Every
 stop path here reaps them, so the next run does not start out of memory.
+
+On a cluster the engines have GPU nodes of their own; here they share two cores with the
+gateway (proxy, ingress, router, cache). While the stack runs, the engines' processes are kept
+at the lowest CPU priority, so a burst of requests is admitted or refused by the gateway
+without queueing behind token generation.
 """
 
 from __future__ import annotations
@@ -12,13 +17,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENGINE_PROCESS_MARKERS = ("VLLM::EngineCore", "VLLM::Worker", "ray::ServeReplica")
+# The tiers' processes: vLLM's engine and worker, and the LLMServer replica that feeds them.
+TIER_PROCESS_MARKERS = ("VLLM::EngineCore", "VLLM::Worker", ":LLMServer:")
+LOWEST_PRIORITY = 19
 
 
 def reap_engine_processes() -> None:
@@ -79,6 +89,39 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
     reap_engine_processes()
 
 
+def lower_tier_priority() -> int:
+    """Give every tier process the lowest CPU priority; returns how many were changed.
+
+    Raising a process's niceness needs no privilege. Run repeatedly: a killed replica comes
+    back as new processes at Ray's default priority.
+    """
+    changed = 0
+    for process in psutil.process_iter(["cmdline", "name"]):
+        title = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+        if not any(marker in title for marker in TIER_PROCESS_MARKERS):
+            continue
+        try:
+            if process.nice() < LOWEST_PRIORITY:
+                process.nice(LOWEST_PRIORITY)
+                changed += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return changed
+
+
+def keep_tiers_at_low_priority(interval_s: float = 5.0) -> threading.Event:
+    """Apply `lower_tier_priority` now and every `interval_s` until the returned event is set."""
+    stopped = threading.Event()
+
+    def loop() -> None:
+        while not stopped.is_set():
+            lower_tier_priority()
+            stopped.wait(interval_s)
+
+    threading.Thread(target=loop, name="tier-priority", daemon=True).start()
+    return stopped
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -93,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", nargs="*", default=["cascade-small", "cascade-large"], help="tiers to await"
     )
+    parser.add_argument(
+        "--no-tier-priority",
+        action="store_true",
+        help="leave the engines at Ray's CPU priority (default: lowest, so the gateway is served "
+        "first on a shared box)",
+    )
     args = parser.parse_args(argv)
     # Stop cleanly on Ctrl-C and on `kill`, even when started in the background.
     signal.signal(signal.SIGINT, _interrupt)
@@ -103,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         seconds = wait_ready(process, DEFAULT_URL, args.models, args.timeout_s)
         print(f"ready after {seconds:.0f} s: OpenAI API on {DEFAULT_URL}/v1 (Ctrl-C stops)")
+        if not args.no_tier_priority:
+            keep_tiers_at_low_priority()
         process.wait()
     except KeyboardInterrupt:
         print("stopping")

@@ -43,7 +43,10 @@ def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         local_stack.stop(process)
         print(log_path.read_text(errors="replace")[-20000:])
         raise
+    # As `python -m serve_app.local_stack` runs it: engines at the lowest CPU priority.
+    priority_keeper = local_stack.keep_tiers_at_low_priority()
     yield local_stack.DEFAULT_URL
+    priority_keeper.set()
     local_stack.stop(process)
 
 

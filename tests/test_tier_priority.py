@@ -1,0 +1,72 @@
+"""The engines yield the CPU to the gateway on a shared box (`local_stack.lower_tier_priority`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from serve_app import local_stack
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest.fixture
+def sleepers() -> Iterator[tuple[psutil.Process, psutil.Process]]:
+    # A trailing argument puts the marker in the command line, as vLLM's process titles do.
+    tier = subprocess.Popen([*SLEEPER, "VLLM::Worker"])
+    gateway = subprocess.Popen([*SLEEPER, "ray::ServeReplica:cascade:CascadeIngress"])
+    yield psutil.Process(tier.pid), psutil.Process(gateway.pid)
+    for process in (tier, gateway):
+        process.kill()
+        process.wait()
+
+
+def test_tier_processes_get_the_lowest_priority_and_the_gateway_keeps_its_own(
+    sleepers: tuple[psutil.Process, psutil.Process],
+) -> None:
+    tier, gateway = sleepers
+    gateway_nice = gateway.nice()
+    assert local_stack.lower_tier_priority() >= 1
+    assert tier.nice() == local_stack.LOWEST_PRIORITY
+    assert gateway.nice() == gateway_nice
+    assert local_stack.lower_tier_priority() == 0  # already lowest: nothing to change
+
+
+def test_the_keeper_also_lowers_processes_started_after_it(
+    sleepers: tuple[psutil.Process, psutil.Process],
+) -> None:
+    stop = local_stack.keep_tiers_at_low_priority(interval_s=0.1)
+    try:
+        late = subprocess.Popen([*SLEEPER, "VLLM::EngineCore"])  # a replica restarted by Serve
+        deadline = time.monotonic() + 5
+        while psutil.Process(late.pid).nice() != local_stack.LOWEST_PRIORITY:
+            assert time.monotonic() < deadline, "the restarted engine kept its priority"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        late.kill()
+        late.wait()
+
+
+def _tier_niceness() -> dict[str, int]:
+    niceness = {}
+    for process in psutil.process_iter(["cmdline", "nice"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if any(marker in title for marker in local_stack.TIER_PROCESS_MARKERS):
+            niceness[title] = process.info["nice"]
+    return niceness
+
+
+def test_the_running_stack_engines_are_at_the_lowest_priority(http: object) -> None:
+    niceness = _tier_niceness()
+    assert any("VLLM::EngineCore" in title for title in niceness), "no engine processes found"
+    deadline = time.monotonic() + 15  # the keeper runs every 5 s
+    while set(niceness.values()) != {local_stack.LOWEST_PRIORITY}:
+        assert time.monotonic() < deadline, f"engines above the lowest priority: {niceness}"
+        time.sleep(1)
+        niceness = _tier_niceness()
