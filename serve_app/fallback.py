@@ -90,13 +90,13 @@ class TierFallback:
         try:
             if not trace.pinned and not self.breakers[tier].allow():
                 raise TierUnavailableError(f"The {tier} tier's circuit is open.")
-            stream = await self._guarded(tier, self.tiers[tier].open_stream(body, kind))
+            stream = await self._guarded(tier, self.tiers[tier].open_stream(body, kind), trace)
         except CascadeError as error:
             other = self._fallback_tier(tier, trace, error)
             if other is None:
                 raise
             self._note_fallback(trace, tier, "error")
-            stream = await self._guarded(other, self.tiers[other].open_stream(body, kind))
+            stream = await self._guarded(other, self.tiers[other].open_stream(body, kind), trace)
         return stream
 
     async def _ask_small_then_escalate(
@@ -211,15 +211,16 @@ class TierFallback:
     async def _ask(
         self, tier: TierName, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
     ) -> tuple[dict[str, Any], Answer]:
-        response = await self._guarded(tier, self.tiers[tier].complete(body, kind))
+        response = await self._guarded(tier, self.tiers[tier].complete(body, kind), trace)
         answer = answer_from_response(response, kind)
         trace.cost.charge_tier(
             tier, self.prices[tier], answer.prompt_tokens, answer.completion_tokens
         )
         return response, answer
 
-    async def _guarded(self, tier: TierName, call: Any) -> Any:
+    async def _guarded(self, tier: TierName, call: Any, trace: RequestTrace) -> Any:
         """Await a tier call, feeding its outcome to the tier's circuit breaker."""
+        started_s = time.perf_counter()
         try:
             result = await call
         except CascadeError as error:
@@ -227,6 +228,8 @@ class TierFallback:
             if _is_tier_failure(error) and not isinstance(error, OverloadedError):
                 self.breakers[tier].record_failure()
             raise
+        finally:
+            trace.tier_wait_s += time.perf_counter() - started_s
         self.breakers[tier].record_success()
         return result
 

@@ -332,7 +332,7 @@ class CascadeIngress:
             async with asyncio.timeout(timeout_s):
                 if body.get("stream"):
                     return await self._stream(body, kind, trace, ticket, started_s, quality_mode)
-                response = await self._complete(body, kind, trace, ticket, quality_mode)
+                response = await self._complete(body, kind, trace, ticket, started_s, quality_mode)
         except TimeoutError as e:
             raise RequestTimeoutError(f"The request did not finish within {timeout_s:g} s.") from e
         self._record(trace, started_s)
@@ -423,6 +423,7 @@ class CascadeIngress:
         kind: RequestKind,
         trace: RequestTrace,
         ticket: CacheTicket | None,
+        started_s: float,
         quality_mode: QualityMode,
     ) -> Response:
         check_quality = quality_mode != "off"
@@ -430,7 +431,12 @@ class CascadeIngress:
             body, kind, trace, check_quality=check_quality
         )
         self._store(ticket, answer, trace)
+        self._note_gateway_time(trace, started_s)
         return JSONResponse(response, headers=trace.headers())
+
+    def _note_gateway_time(self, trace: RequestTrace, started_s: float) -> None:
+        trace.note_gateway_time(started_s, time.perf_counter())
+        self.metrics.observe_gateway_overhead(trace)
 
     def _store(self, ticket: CacheTicket | None, answer: Answer, trace: RequestTrace) -> None:
         if ticket is not None and self.cache is not None and trace.tier is not None:
@@ -453,11 +459,13 @@ class CascadeIngress:
             # An escalated answer was generated non-streamed by the large tier; replay it too.
             _, answer = await self.fallback.answer(body, kind, trace)
             self._store(ticket, answer, trace)
+            self._note_gateway_time(trace, started_s)
             self._record(trace, started_s, streamed=True)
             events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
             return _sse_response(_iterate(events), trace)
         stream = await self.fallback.open_stream(body, kind, trace)
         self.metrics.observe_ttft(trace, time.perf_counter() - started_s)
+        self._note_gateway_time(trace, started_s)
         relay = self._relay(stream, body, trace, ticket, started_s)
         return _sse_response(relay, trace, cost_final=False)
 

@@ -89,6 +89,7 @@ class IngressMetrics:
     cache_fail_opens: Counter
     latency_s: Histogram
     ttft_s: Histogram
+    gateway_ms: Histogram
     in_flight: Gauge
 
     @classmethod
@@ -163,6 +164,14 @@ class IngressMetrics:
                 boundaries=REQUEST_S_BOUNDARIES,
                 tag_keys=("tier", "cache"),
             ),
+            gateway_ms=Histogram(
+                "cascade_gateway_overhead_ms",
+                description="Time the ingress spent on a tier-answered request outside the tier "
+                "calls (ms): auth, validation, cache lookup, routing, quality checks. Up to the "
+                "first byte for streams; hedged requests are left out (their tier calls overlap).",
+                boundaries=LATENCY_MS_BOUNDARIES,
+                tag_keys=("route",),
+            ),
             in_flight=Gauge(
                 "cascade_ingress_in_flight",
                 description="Requests this ingress replica is working on (its admission count).",
@@ -198,6 +207,11 @@ class IngressMetrics:
         if trace.hedged:
             self.hedges.inc(tags={"winner": tier})
         return split
+
+    def observe_gateway_overhead(self, trace: RequestTrace) -> None:
+        if trace.gateway_s is not None:
+            route = "pinned" if trace.pinned else "routed"
+            self.gateway_ms.observe(trace.gateway_s * 1000, tags={"route": route})
 
     def observe_ttft(self, trace: RequestTrace, ttft_s: float) -> None:
         self.ttft_s.observe(ttft_s, tags={"tier": trace.tier or "none", "cache": trace.cache})

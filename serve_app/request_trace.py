@@ -23,6 +23,16 @@ class RequestTrace:
     hedged: bool = False  # the small tier was slow and the large tier raced it
     caller: Caller | None = None
     deadline_s: float | None = None  # time.monotonic() by which the answer must be complete
+    tier_wait_s: float = 0.0  # spent awaiting tier calls (to the first chunk, for streams)
+    gateway_s: float | None = None  # the ingress's own time until the response started
+
+    def note_gateway_time(self, since_s: float, now_s: float) -> None:
+        """What the ingress added since `since_s` (perf_counter), tier calls excluded.
+
+        Left unset for hedged requests, whose tier calls overlap.
+        """
+        if not self.hedged:
+            self.gateway_s = max(now_s - since_s - self.tier_wait_s, 0.0)
 
     def escalate(self, reason: str) -> None:
         self.escalated = True
@@ -51,4 +61,6 @@ class RequestTrace:
             headers["x-cascade-degraded"] = "true"
         if self.hedged:
             headers["x-cascade-hedged"] = "true"
+        if self.gateway_s is not None:
+            headers["x-cascade-gateway-ms"] = f"{self.gateway_s * 1000:.2f}"
         return headers

@@ -83,3 +83,23 @@ def test_prometheus_report_counts_the_request(http: httpx.Client) -> None:
         time.sleep(2)
     assert report["requests"] > before
     assert report["spent_usd"] > 0 and report["counterfactual_usd"] > 0
+
+
+def test_responses_say_what_the_gateway_added_besides_the_tier(http: httpx.Client) -> None:
+    body = chat_body(f"Name a planet. ({uuid.uuid4().hex[:8]})", model="cascade-small")
+    started = time.perf_counter()
+    plain = http.post("/v1/chat/completions", json=body)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    stream_body = chat_body(
+        f"Name a river. ({uuid.uuid4().hex[:8]})", model="cascade-small", stream=True
+    )
+    with http.stream("POST", "/v1/chat/completions", json=stream_body) as streamed:
+        streamed.read()
+    cached = http.post("/v1/chat/completions", json=body)
+    for response in (plain, streamed):
+        assert response.status_code == 200
+        gateway_ms = float(response.headers["x-cascade-gateway-ms"])
+        # The pinned tier's generation is excluded: what is left is a small part of the whole.
+        assert 0 <= gateway_ms < elapsed_ms / 2
+    assert cached.headers["x-cascade-cache"] == "hit"
+    assert "x-cascade-gateway-ms" not in cached.headers  # no tier call to set it against

@@ -41,13 +41,15 @@ def _ask(fallback: TierFallback, deadline_in_s: float | None = None) -> tuple[Re
 def test_large_tier_answers_when_the_small_one_is_stuck_and_the_small_call_is_aborted() -> None:
     small = ScriptedTier("cascade-small", delay_s=5.0)
     large = ScriptedTier("cascade-large", delay_s=0.05)
-    started = time.monotonic()
+    started = time.perf_counter()
     trace, answer = _ask(_fallback(small, large, timeout_s=0.1))
-    assert time.monotonic() - started < 1.0  # not the 5 s the small tier would have taken
+    assert time.perf_counter() - started < 1.0  # not the 5 s the small tier would have taken
     assert answer.model == "cascade-large"
     assert (trace.tier, trace.escalation_reason, trace.hedged) == ("large", "timeout", True)
     assert small.cancelled == 1  # its generation is aborted, not left running
     assert trace.headers()["x-cascade-hedged"] == "true"
+    trace.note_gateway_time(started, time.perf_counter())
+    assert "x-cascade-gateway-ms" not in trace.headers()  # overlapping tier calls: no figure
     # The aborted small call's prefill is paid; the large answer is what the client got.
     assert [(u.tier, u.completion_tokens) for u in trace.cost.tiers] == [
         ("small", 0),
@@ -100,9 +102,14 @@ def test_a_short_deadline_starts_the_hedge_at_half_the_time_left() -> None:
 
 
 def test_a_fast_small_answer_never_touches_the_large_tier() -> None:
-    small = ScriptedTier("cascade-small", delay_s=0.0)
+    small = ScriptedTier("cascade-small", delay_s=0.2)
     large = ScriptedTier("cascade-large", delay_s=0.0)
+    started = time.perf_counter()
     trace, answer = _ask(_fallback(small, large, timeout_s=1.0), deadline_in_s=30)
     assert answer.model == "cascade-small"
     assert (trace.hedged, large.calls) == (False, 0)
     assert "x-cascade-hedged" not in trace.headers()
+    # The gateway's own time leaves out the 0.2 s the tier took.
+    assert trace.tier_wait_s >= 0.2
+    trace.note_gateway_time(started, time.perf_counter())
+    assert 0 <= float(trace.headers()["x-cascade-gateway-ms"]) < 150
