@@ -67,6 +67,7 @@ class RequestResult:
     tier: str | None = None
     cache: str | None = None
     escalated: bool = False
+    gateway_ms: float | None = None  # the ingress's own time besides tier calls (header)
     text: str = ""
 
 
@@ -147,6 +148,8 @@ class CascadeHttpClient:
         result.tier = headers.get("x-cascade-tier")
         result.cache = headers.get("x-cascade-cache")
         result.escalated = headers.get("x-cascade-escalated") == "true"
+        if "x-cascade-gateway-ms" in headers:
+            result.gateway_ms = float(headers["x-cascade-gateway-ms"])
         result.cost_usd = float(headers.get("x-cascade-cost-usd", 0) or 0)
         result.counterfactual_usd = float(headers.get("x-cascade-counterfactual-usd", 0) or 0)
         if headers.get("x-cascade-cost-final") == "false" and result.tier in self.prices:

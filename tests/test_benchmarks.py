@@ -96,3 +96,6 @@ def test_quick_benchmarks_run_against_the_stack(cascade_url: str, tmp_path: Path
     assert set(overhead["ways"]) == {"direct", "cascade miss", "cascade bypass"}
     assert overhead["ways"]["cascade miss"]["cache_results"] == ["miss"]
     assert overhead["ways"]["cascade bypass"]["throughput_ratio"] > 0
+    # Every cascade response carried the ingress's own measure of what it added.
+    assert overhead["ways"]["cascade miss"]["gateway_ms"]["count"] == overhead["latency_requests"]
+    assert overhead["ways"]["direct"]["gateway_ms"] is None
