@@ -9,6 +9,11 @@ instead of letting requests wait into a timeout. This runs `--factor` x that man
 - the admitted requests' latency and the refusal share.
 Clients honour Retry-After (as the OpenAI SDK does) unless `--no-retry-after`.
 
+The crowd's own timings include its client: 128 connections in one Python process on the
+same 2 cores as the server. A probe in a separate process sends the same request every
+`--probe-interval-s` (one at a time, one kept-alive connection, like a lone SDK user) and
+reports the refusal latency an independent client sees during the overload.
+
     python -m benchmarks.overload --factor 4 --duration-s 60
 """
 
@@ -18,9 +23,12 @@ import argparse
 import asyncio
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from benchmarks.loadgen import Outcome, percentile_ms, run_load, summarize
+import httpx
+
+from benchmarks.loadgen import Outcome, classify, percentile_ms, run_load, summarize
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIER_ADMITS = 32  # max_ongoing_requests (16) + max_queued_requests (16) of configs/local.yaml
@@ -76,6 +84,41 @@ def overload_report(
     }
 
 
+def probe(
+    url: str, body: dict[str, Any], duration_s: float, interval_s: float
+) -> list[tuple[str, float]]:
+    """(outcome class, latency s) of one request every `interval_s`, sent one at a time."""
+    results = []
+    deadline = time.monotonic() + duration_s
+    with httpx.Client(base_url=url, timeout=180.0) as client:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                kind = classify(client.post("/v1/chat/completions", json=body))
+            except httpx.HTTPError as error:
+                kind = type(error).__name__
+            results.append((kind, time.perf_counter() - started))
+            time.sleep(interval_s)
+    return results
+
+
+def probe_report(results: list[tuple[str, float]]) -> dict[str, Any]:
+    refused = [latency for kind, latency in results if kind in ("http_429", "http_503")]
+    answered = [latency for kind, latency in results if kind == "ok"]
+    return {
+        "sent": len(results),
+        "refused": len(refused),
+        "answered": len(answered),
+        "lost": sum(1 for kind, _ in results if kind != "ok" and not kind.startswith("http_")),
+        "refused_latency_ms": {
+            "p50": percentile_ms(refused, 50),
+            "p99": percentile_ms(refused, 99),
+            "max": percentile_ms(refused, 100),
+        },
+        "answered_latency_ms_p50": percentile_ms(answered, 50),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=DEFAULT_URL)
@@ -84,23 +127,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--no-retry-after", action="store_true", help="retry refusals at once")
+    parser.add_argument(
+        "--probe-interval-s", type=float, default=0.25, help="the lone probe's pause; 0: no probe"
+    )
     parser.add_argument("--out", help="write the report here as JSON")
     args = parser.parse_args(argv)
     clients = int(args.factor * TIER_ADMITS)
     body = overload_body(args.model, args.max_tokens)
     print(f"{clients} clients on {args.model} for {args.duration_s:.0f} s", flush=True)
-    started = time.perf_counter()
-    outcomes = asyncio.run(
-        run_load(
-            args.url,
-            concurrency=clients,
-            duration_s=args.duration_s,
-            body_for=lambda _: body,
-            timeout_s=180.0,
-            respect_retry_after=not args.no_retry_after,
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        probing = None
+        if args.probe_interval_s > 0:
+            probing = pool.submit(probe, args.url, body, args.duration_s, args.probe_interval_s)
+        started = time.perf_counter()
+        outcomes = asyncio.run(
+            run_load(
+                args.url,
+                concurrency=clients,
+                duration_s=args.duration_s,
+                body_for=lambda _: body,
+                timeout_s=180.0,
+                respect_retry_after=not args.no_retry_after,
+            )
         )
-    )
-    report = overload_report(outcomes, clients, time.perf_counter() - started)
+        report = overload_report(outcomes, clients, time.perf_counter() - started)
+        if probing is not None:
+            report["probe"] = probe_report(probing.result())
     print(json.dumps(report, indent=2))
     if args.out:
         with open(args.out, "w") as f:

@@ -26,8 +26,7 @@ import psutil
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENGINE_PROCESS_MARKERS = ("VLLM::EngineCore", "VLLM::Worker", "ray::ServeReplica")
-# The tiers' processes: vLLM's engine and worker, and the LLMServer replica that feeds them.
-TIER_PROCESS_MARKERS = ("VLLM::EngineCore", "VLLM::Worker", ":LLMServer:")
+ENGINE_TITLES = ("VLLM::EngineCore", "VLLM::Worker")
 LOWEST_PRIORITY = 19
 
 
@@ -89,6 +88,14 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
     reap_engine_processes()
 
 
+def is_tier_process(title: str) -> bool:
+    """vLLM's engine and worker, or the LLMServer replica that feeds them: a Serve replica
+    titled `ray::ServeReplica:<app>:llm-<tier>` (deployment names: serve_app/llm_tiers.py)."""
+    if any(title.startswith(engine) for engine in ENGINE_TITLES):
+        return True
+    return title.startswith("ray::ServeReplica:") and ":llm-" in title
+
+
 def lower_tier_priority() -> int:
     """Give every tier process the lowest CPU priority; returns how many were changed.
 
@@ -98,7 +105,7 @@ def lower_tier_priority() -> int:
     changed = 0
     for process in psutil.process_iter(["cmdline", "name"]):
         title = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
-        if not any(marker in title for marker in TIER_PROCESS_MARKERS):
+        if not is_tier_process(title):
             continue
         try:
             if process.nice() < LOWEST_PRIORITY:

@@ -12,14 +12,28 @@ import pytest
 
 from serve_app import local_stack
 
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+# Sets its process title as vLLM's and Ray's processes do, then sleeps.
+SLEEPER = [
+    sys.executable,
+    "-c",
+    "import sys, time, setproctitle; setproctitle.setproctitle(sys.argv[1]); time.sleep(60)",
+]
+
+
+def _titled(title: str) -> subprocess.Popen[bytes]:
+    """A process titled `title`, once the title is visible to other processes."""
+    process = subprocess.Popen([*SLEEPER, title])
+    deadline = time.monotonic() + 10
+    while psutil.Process(process.pid).cmdline() != [title]:
+        assert time.monotonic() < deadline, f"{title} never set its title"
+        time.sleep(0.02)
+    return process
 
 
 @pytest.fixture
 def sleepers() -> Iterator[tuple[psutil.Process, psutil.Process]]:
-    # A trailing argument puts the marker in the command line, as vLLM's process titles do.
-    tier = subprocess.Popen([*SLEEPER, "VLLM::Worker"])
-    gateway = subprocess.Popen([*SLEEPER, "ray::ServeReplica:cascade:CascadeIngress"])
+    tier = _titled("ray::ServeReplica:cascade:llm-small")
+    gateway = _titled("ray::ServeReplica:cascade:ingress")
     yield psutil.Process(tier.pid), psutil.Process(gateway.pid)
     for process in (tier, gateway):
         process.kill()
@@ -42,7 +56,7 @@ def test_the_keeper_also_lowers_processes_started_after_it(
 ) -> None:
     stop = local_stack.keep_tiers_at_low_priority(interval_s=0.1)
     try:
-        late = subprocess.Popen([*SLEEPER, "VLLM::EngineCore"])  # a replica restarted by Serve
+        late = _titled("VLLM::EngineCore")  # an engine restarted by Serve after the keeper began
         deadline = time.monotonic() + 5
         while psutil.Process(late.pid).nice() != local_stack.LOWEST_PRIORITY:
             assert time.monotonic() < deadline, "the restarted engine kept its priority"
@@ -57,7 +71,7 @@ def _tier_niceness() -> dict[str, int]:
     niceness = {}
     for process in psutil.process_iter(["cmdline", "nice"]):
         title = " ".join(process.info["cmdline"] or [])
-        if any(marker in title for marker in local_stack.TIER_PROCESS_MARKERS):
+        if local_stack.is_tier_process(title):
             niceness[title] = process.info["nice"]
     return niceness
 
@@ -65,6 +79,7 @@ def _tier_niceness() -> dict[str, int]:
 def test_the_running_stack_engines_are_at_the_lowest_priority(http: object) -> None:
     niceness = _tier_niceness()
     assert any("VLLM::EngineCore" in title for title in niceness), "no engine processes found"
+    assert any(":llm-small" in title for title in niceness), "no LLMServer replica found"
     deadline = time.monotonic() + 15  # the keeper runs every 5 s
     while set(niceness.values()) != {local_stack.LOWEST_PRIORITY}:
         assert time.monotonic() < deadline, f"engines above the lowest priority: {niceness}"
