@@ -24,7 +24,7 @@ def _titled(title: str) -> subprocess.Popen[bytes]:
     """A process titled `title`, once the title is visible to other processes."""
     process = subprocess.Popen([*SLEEPER, title])
     deadline = time.monotonic() + 10
-    while psutil.Process(process.pid).cmdline() != [title]:
+    while psutil.Process(process.pid).cmdline()[:1] != [title]:
         assert time.monotonic() < deadline, f"{title} never set its title"
         time.sleep(0.02)
     return process
