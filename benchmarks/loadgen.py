@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -136,15 +137,19 @@ async def run_load(
         raise ValueError("give duration_s or total_requests")
     counter = itertools.count()
     outcomes: list[Outcome] = []
+    # One connection per client, as separate users have: a single pool shared by many
+    # coroutines queues them inside httpx, and that wait was showing up as server latency
+    # (4x overload: refusals p50 1-4 s in one shared pool, 40 ms from a separate client).
+    # The clients share one TLS context and exist before the clock starts: each building its
+    # own costs ~55 ms of blocking CPU (the CA bundle), seconds for 128 clients, which stalled
+    # the event loop and was measured as the opening burst's latency.
+    tls = ssl.create_default_context()
+    clients = [
+        httpx.AsyncClient(base_url=base_url, timeout=timeout_s, verify=tls)
+        for _ in range(concurrency)
+    ]
     t0 = time.perf_counter()
     deadline = t0 + duration_s if duration_s is not None else float("inf")
-
-    async def client_loop() -> None:
-        # One connection per client, as separate users have: a single pool shared by many
-        # coroutines queues them inside httpx, and that wait was showing up as server latency
-        # (4x overload: refusals p50 1-4 s in one shared pool, 40 ms from a separate client).
-        async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s) as client:
-            await requests_until_done(client)
 
     async def requests_until_done(client: httpx.AsyncClient) -> None:
         while time.perf_counter() < deadline:
@@ -161,7 +166,10 @@ async def run_load(
                     min(float(retry_after), max(0.0, deadline - time.perf_counter()))
                 )
 
-    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(requests_until_done(client) for client in clients))
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
     return outcomes
 
 
