@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from serve_app.circuit_breaker import CircuitBreaker
@@ -36,8 +37,20 @@ from serve_app.tier_client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")
 
-# A small-tier attempt: the answer to return, or the reason to escalate.
-_Attempt: TypeAlias = "tuple[dict[str, Any], Answer] | str"
+_Result: TypeAlias = "tuple[dict[str, Any], Answer]"
+
+
+@dataclass(frozen=True)
+class _Escalation:
+    """Why a small-tier attempt is escalated, and its weak answer if it produced one (kept
+    for a degraded reply when the large tier then fails and `allow_degraded` is set)."""
+
+    reason: str
+    weak: _Result | None = None
+
+
+# A small-tier attempt: the answer to return, or the escalation.
+_Attempt: TypeAlias = "_Result | _Escalation"
 
 
 def _is_tier_failure(error: CascadeError) -> bool:
@@ -103,14 +116,14 @@ class TierFallback:
         self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, judged: bool
     ) -> tuple[dict[str, Any], Answer]:
         if not self.breakers["small"].allow():
-            return await self._escalate(body, kind, trace, "small_circuit_open")
+            return await self._escalate(body, kind, trace, _Escalation("small_circuit_open"))
         small = asyncio.ensure_future(self._small_attempt(body, kind, trace, judged))
         try:
             done, _ = await asyncio.wait({small}, timeout=self._hedge_delay_s(trace))
             outcome = small.result() if done else await self._hedge(small, body, kind, trace)
         finally:
             small.cancel()  # a no-op once it is done; aborts its generation otherwise
-        if isinstance(outcome, str):
+        if isinstance(outcome, _Escalation):
             return await self._escalate(body, kind, trace, outcome)
         return outcome
 
@@ -126,13 +139,13 @@ class TierFallback:
             if not (self.config.escalate_on_error and _is_tier_failure(error)):
                 raise
             logger.warning("small tier failed (%s); escalating", error.message)
-            return "error"
+            return _Escalation("error")
+        if internal is not body and not client_asked_for_logprobs(body):
+            response = without_logprobs(response)
         if judged:
             reason = await self.gate.judged_escalation_reason(routing_text(body, kind), answer)
             if reason:
-                return reason
-        if internal is not body and not client_asked_for_logprobs(body):
-            response = without_logprobs(response)
+                return _Escalation(reason, (response, answer))
         return response, answer
 
     def _hedge_delay_s(self, trace: RequestTrace) -> float:
@@ -172,12 +185,11 @@ class TierFallback:
                 return response, answer
             # The small tier finished first, or the large one failed: the small one decides.
             outcome = await small
-            if not isinstance(outcome, str):
+            if not isinstance(outcome, _Escalation):
                 large.cancel()
                 self._charge_if_unanswered("large", outcome[1].prompt_tokens, trace)
                 return outcome
-            trace.escalate(outcome)
-            return await large
+            return await self._escalate(body, kind, trace, outcome, large)
         finally:
             large.cancel()
 
@@ -189,10 +201,27 @@ class TierFallback:
             trace.cost.charge_abandoned(tier, self.prices[tier], prompt_tokens)
 
     async def _escalate(
-        self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, reason: str
-    ) -> tuple[dict[str, Any], Answer]:
-        trace.escalate(reason)
-        return await self._ask("large", body, kind, trace)
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        escalation: _Escalation,
+        large: asyncio.Future[_Result] | None = None,
+    ) -> _Result:
+        """The large tier's answer (`large`: a call already running, from a hedge).
+
+        If the large tier fails and degraded answers are allowed, the small tier's weak
+        answer, when there is one, beats an error.
+        """
+        trace.escalate(escalation.reason)
+        try:
+            return await (large if large is not None else self._ask("large", body, kind, trace))
+        except CascadeError as error:
+            if escalation.weak is None or self._fallback_tier("large", trace, error) is None:
+                raise
+            logger.warning("large tier failed (%s); answering degraded", error.message)
+            trace.degrade()
+            return escalation.weak
 
     async def _ask_large_or_degrade(
         self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from serve_app.config import QualityConfig
 from serve_app.cost_model import RequestCost, TierPrice
+from serve_app.errors import TierUnavailableError
 from serve_app.fallback import TierFallback
 from serve_app.openai_protocol import Answer
 from serve_app.request_trace import RequestTrace
@@ -113,3 +116,26 @@ def test_a_fast_small_answer_never_touches_the_large_tier() -> None:
     assert trace.tier_wait_s >= 0.2
     trace.note_gateway_time(started, time.perf_counter())
     assert 0 <= float(trace.headers()["x-cascade-gateway-ms"]) < 150
+
+
+@pytest.mark.parametrize("allow_degraded", [True, False])
+def test_a_weak_small_answer_beats_a_dead_large_tier_only_when_degraded_is_allowed(
+    allow_degraded: bool,
+) -> None:
+    small = ScriptedTier("cascade-small", text="The capital of France is")
+    small.finish_reason = "length"
+    large = ScriptedTier("cascade-large")
+    large.failing = True
+    fallback = TierFallback(
+        {"small": small, "large": large},
+        {"small": SMALL_PRICE, "large": LARGE_PRICE},
+        QualityConfig(allow_degraded=allow_degraded),
+    )
+    if not allow_degraded:
+        with pytest.raises(TierUnavailableError):
+            _ask(fallback)
+        return
+    trace, answer = _ask(fallback)
+    assert answer.model == "cascade-small"
+    assert (trace.tier, trace.escalation_reason, trace.degraded) == ("small", "truncated", True)
+    assert trace.headers()["x-cascade-degraded"] == "true"
