@@ -44,6 +44,14 @@ def overload_body(model: str, max_tokens: int) -> dict[str, Any]:
     }
 
 
+def _latency_ms(latencies_s: list[float]) -> dict[str, float | None]:
+    return {
+        "p50": percentile_ms(latencies_s, 50),
+        "p99": percentile_ms(latencies_s, 99),
+        "max": percentile_ms(latencies_s, 100),
+    }
+
+
 def _refusal_windows(refused: list[Outcome], window_s: float) -> list[dict[str, Any]]:
     """Refusal latency by the window the request was sent in: the opening burst (every
     client at once, Retry-After not yet learnt) against the steady state."""
@@ -72,11 +80,7 @@ def overload_report(
         "wall_s": round(wall_s, 1),
         **summarize(outcomes),
         "rejected": len(rejected),
-        "rejected_latency_ms": {
-            "p50": percentile_ms(rejected, 50),
-            "p99": percentile_ms(rejected, 99),
-            "max": percentile_ms(rejected, 100),
-        },
+        "rejected_latency_ms": _latency_ms(rejected),
         "rejected_by_window": _refusal_windows(refused, window_s),
         "retry_after_s": sorted({o.headers.get("retry-after", "") for o in refused}),
         "lost": len(lost),
@@ -110,11 +114,7 @@ def probe_report(results: list[tuple[str, float]]) -> dict[str, Any]:
         "refused": len(refused),
         "answered": len(answered),
         "lost": sum(1 for kind, _ in results if kind != "ok" and not kind.startswith("http_")),
-        "refused_latency_ms": {
-            "p50": percentile_ms(refused, 50),
-            "p99": percentile_ms(refused, 99),
-            "max": percentile_ms(refused, 100),
-        },
+        "refused_latency_ms": _latency_ms(refused),
         "answered_latency_ms_p50": percentile_ms(answered, 50),
     }
 

@@ -217,10 +217,8 @@ class TierFallback:
         try:
             return await (large if large is not None else self._ask("large", body, kind, trace))
         except CascadeError as error:
-            if escalation.weak is None or self._fallback_tier("large", trace, error) is None:
+            if escalation.weak is None or not self._degraded_after(error, trace):
                 raise
-            logger.warning("large tier failed (%s); answering degraded", error.message)
-            trace.degrade()
             return escalation.weak
 
     async def _ask_large_or_degrade(
@@ -231,10 +229,8 @@ class TierFallback:
                 raise TierUnavailableError("The large tier's circuit is open.")
             return await self._ask("large", body, kind, trace)
         except CascadeError as error:
-            if self._fallback_tier("large", trace, error) is None:
+            if not self._degraded_after(error, trace):
                 raise
-            logger.warning("large tier failed (%s); answering degraded", error.message)
-            self._note_fallback(trace, "large", "degraded")
             return await self._ask("small", body, kind, trace)
 
     async def _ask(
@@ -272,6 +268,14 @@ class TierFallback:
         if failed == "large" and self.config.allow_degraded:
             return "small"
         return None
+
+    def _degraded_after(self, error: CascadeError, trace: RequestTrace) -> bool:
+        """Whether the small tier may answer for a failed large-tier call; marks the trace."""
+        if self._fallback_tier("large", trace, error) is None:
+            return False
+        logger.warning("large tier failed (%s); answering degraded", error.message)
+        trace.degrade()
+        return True
 
     def _note_fallback(self, trace: RequestTrace, failed: TierName, reason: str) -> None:
         if failed == "small":

@@ -19,14 +19,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-ENGINE_PROCESS_MARKERS = ("VLLM::EngineCore", "VLLM::Worker", "ray::ServeReplica")
 ENGINE_TITLES = ("VLLM::EngineCore", "VLLM::Worker")
+ENGINE_PROCESS_MARKERS = (*ENGINE_TITLES, "ray::ServeReplica")
 LOWEST_PRIORITY = 19
 
 
@@ -96,6 +97,15 @@ def is_tier_process(title: str) -> bool:
     return title.startswith("ray::ServeReplica:") and ":llm-" in title
 
 
+def tier_processes() -> Iterator[tuple[str, psutil.Process]]:
+    """(title, process) of every tier process running; `process.info["nice"]` is its niceness
+    (None when it cannot be read)."""
+    for process in psutil.process_iter(["cmdline", "name", "nice"]):
+        title = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+        if is_tier_process(title):
+            yield title, process
+
+
 def lower_tier_priority() -> int:
     """Give every tier process the lowest CPU priority; returns how many were changed.
 
@@ -103,16 +113,15 @@ def lower_tier_priority() -> int:
     back as new processes at Ray's default priority.
     """
     changed = 0
-    for process in psutil.process_iter(["cmdline", "name"]):
-        title = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
-        if not is_tier_process(title):
+    for _, process in tier_processes():
+        niceness = process.info["nice"]
+        if niceness is None or niceness >= LOWEST_PRIORITY:
             continue
         try:
-            if process.nice() < LOWEST_PRIORITY:
-                process.nice(LOWEST_PRIORITY)
-                changed += 1
+            process.nice(LOWEST_PRIORITY)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+        changed += 1
     return changed
 
 

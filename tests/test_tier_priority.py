@@ -68,12 +68,7 @@ def test_the_keeper_also_lowers_processes_started_after_it(
 
 
 def _tier_niceness() -> dict[str, int]:
-    niceness = {}
-    for process in psutil.process_iter(["cmdline", "nice"]):
-        title = " ".join(process.info["cmdline"] or [])
-        if local_stack.is_tier_process(title):
-            niceness[title] = process.info["nice"]
-    return niceness
+    return {title: process.info["nice"] for title, process in local_stack.tier_processes()}
 
 
 def test_the_running_stack_engines_are_at_the_lowest_priority(http: object) -> None:
