@@ -263,6 +263,17 @@ def test_cluster_yaml_is_a_valid_cluster_launcher_config() -> None:
     assert any("[gpu]" in command for command in config["setup_commands"])
 
 
+def test_cluster_nodes_start_ray_with_the_same_serve_tuning_as_the_local_stack() -> None:
+    from serve_app.local_stack import GATEWAY_TUNING_ENV
+
+    config = yaml.safe_load(CLUSTER.read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(command for command in config[key] if "ray start" in command)
+        export = next(part for part in start.split("&&") if part.split()[0] == "export")
+        exported = dict(word.split("=", 1) for word in export.split()[1:])
+        assert exported == GATEWAY_TUNING_ENV, key
+
+
 def test_cluster_gpu_types_serve_on_demand_and_spot_only_does_batch() -> None:
     node_types = yaml.safe_load(CLUSTER.read_text())["available_node_types"]
     args = CascadeConfig.model_validate(_args(PRODUCTION))

@@ -67,6 +67,33 @@ def test_the_keeper_also_lowers_processes_started_after_it(
         late.wait()
 
 
+def test_a_replica_still_starting_keeps_its_priority_until_it_serves() -> None:
+    # The replica's engine is its child, as vLLM's EngineCore is the LLMServer replica's.
+    starting_title = f"ray::ServeReplica:cascade:llm-large{local_stack.STARTING_REPLICA_MARKER}"
+    spawn_engine = (
+        "import subprocess, sys, time, setproctitle;"
+        f"setproctitle.setproctitle({starting_title!r});"
+        f"subprocess.Popen({[*SLEEPER, 'VLLM::EngineCore']!r}); time.sleep(60)"
+    )
+    replica = subprocess.Popen([sys.executable, "-c", spawn_engine])
+    try:
+        deadline = time.monotonic() + 10
+        while len(engines := psutil.Process(replica.pid).children()) < 1 or engines[0].cmdline()[
+            :1
+        ] != ["VLLM::EngineCore"]:
+            assert time.monotonic() < deadline, "the replica never started its engine"
+            time.sleep(0.05)
+        family = [psutil.Process(replica.pid), engines[0]]
+        before = [process.nice() for process in family]
+        local_stack.lower_tier_priority()
+        assert [process.nice() for process in family] == before
+    finally:
+        for child in psutil.Process(replica.pid).children():
+            child.kill()
+        replica.kill()
+        replica.wait()
+
+
 def _tier_niceness() -> dict[str, int]:
     return {title: process.info["nice"] for title, process in local_stack.tier_processes()}
 
