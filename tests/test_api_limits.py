@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.burst import burst
 from benchmarks.loadgen import run_load, summarize
 from serve_app.errors import InvalidRequestError
 from serve_app.openai_protocol import parse_json_object, parse_request_body, request_json_schema
@@ -224,6 +225,13 @@ def test_client_disconnect_mid_stream_aborts_the_generation(cascade_url: str) ->
     assert all(line.startswith("data: ") for line in first_lines)
     with httpx.Client(base_url=cascade_url, timeout=60) as client:
         _assert_small_tier_answers_promptly(client)
+
+
+def test_a_burst_of_bad_requests_gets_a_400_each(cascade_url: str) -> None:
+    # benchmarks/burst.py: 32 clients at once, each sending a request that validation refuses.
+    report = asyncio.run(burst(cascade_url, 32, "bad"))
+    assert report["statuses"] == {400: 32}, report
+    assert report["last_ms"] is not None
 
 
 def test_overload_gets_a_fast_503_with_retry_after(cascade_url: str) -> None:

@@ -274,6 +274,18 @@ def test_cluster_nodes_start_ray_with_the_same_serve_tuning_as_the_local_stack()
         assert exported == GATEWAY_TUNING_ENV, key
 
 
+@pytest.mark.parametrize("manifest", [RAYSERVICE, RAYSERVICE_MIG], ids=lambda p: p.name)
+def test_every_rayservice_container_gets_the_same_serve_tuning(manifest: Path) -> None:
+    from serve_app.local_stack import GATEWAY_TUNING_ENV
+
+    cluster = yaml.safe_load(manifest.read_text())["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert {k: env.get(k) for k in GATEWAY_TUNING_ENV} == GATEWAY_TUNING_ENV
+
+
 def test_cluster_gpu_types_serve_on_demand_and_spot_only_does_batch() -> None:
     node_types = yaml.safe_load(CLUSTER.read_text())["available_node_types"]
     args = CascadeConfig.model_validate(_args(PRODUCTION))
