@@ -338,3 +338,30 @@ def test_mig_variant_changes_only_the_small_tier(offline_ray) -> None:
     container = mig_group["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "1"
     assert "mig_3g_40gb" in mig_group["rayStartParams"]["resources"]
+
+
+@pytest.mark.parametrize(
+    ("source_is_local_dir", "downloads"), [(True, False), (False, True)], ids=["local", "hub"]
+)
+def test_tiers_skip_the_node_download_only_for_a_local_model_on_this_node(
+    offline_ray, tmp_path: Path, source_is_local_dir: bool, downloads: bool
+) -> None:
+    import asyncio
+
+    import ray
+
+    from serve_app.llm_tiers import SkipNodeInitForLocalModel, llm_config_for_tier
+
+    tier = CascadeConfig.model_validate(_args(LOCAL)).tiers["small"]
+    source = str(tmp_path) if source_is_local_dir else "meta-llama/Llama-3.1-8B-Instruct"
+    llm_config = llm_config_for_tier(
+        tier.model_copy(update={"model_source": source}), resolve_packaged=False
+    )
+    group = ray.util.placement_group([{"CPU": 0.1}])
+    ray.get(group.ready(), timeout=60)
+    try:
+        callback = SkipNodeInitForLocalModel(llm_config, ctx_kwargs={"placement_group": group})
+        asyncio.run(callback.on_before_node_init())
+        assert callback.ctx.run_init_node is downloads
+    finally:
+        ray.util.remove_placement_group(group)
