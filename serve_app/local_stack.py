@@ -37,8 +37,9 @@ STARTING_REPLICA_MARKER = ".initialize_and_get_metadata"
 # direct ingress (that needs a load balancer in front of the replicas): user code and the
 # handle router on the replica's main event loop instead of threads of their own (fewer
 # cross-thread hand-offs per request), gRPC between proxy and replicas, buffered access logs
-# and a frozen GC after start-up. Measured on the 2-core box, a burst of 128 health checks
-# took 955 ms end to end with Serve's defaults and 443 ms with these (docs/reliability.md).
+# and a frozen GC after start-up. On the 2-core box a burst of 128 health checks took 955 ms
+# with Serve's defaults and 390-545 ms with these; gRPC alone was a mixed result (faster
+# without a request body, slower with one). Figures: docs/reliability.md, "Overload".
 GATEWAY_TUNING_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",

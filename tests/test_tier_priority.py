@@ -67,7 +67,17 @@ def test_the_keeper_also_lowers_processes_started_after_it(
         late.wait()
 
 
-def test_a_replica_still_starting_keeps_its_priority_until_it_serves() -> None:
+def _child_titled(parent: subprocess.Popen[bytes], title: str) -> psutil.Process:
+    deadline = time.monotonic() + 10
+    while True:
+        for child in psutil.Process(parent.pid).children():
+            if child.cmdline()[:1] == [title]:
+                return child
+        assert time.monotonic() < deadline, f"no child titled {title}"
+        time.sleep(0.05)
+
+
+def test_a_starting_replica_and_its_engine_keep_their_priority() -> None:
     # The replica's engine is its child, as vLLM's EngineCore is the LLMServer replica's.
     starting_title = f"ray::ServeReplica:cascade:llm-large{local_stack.STARTING_REPLICA_MARKER}"
     spawn_engine = (
@@ -77,13 +87,7 @@ def test_a_replica_still_starting_keeps_its_priority_until_it_serves() -> None:
     )
     replica = subprocess.Popen([sys.executable, "-c", spawn_engine])
     try:
-        deadline = time.monotonic() + 10
-        while len(engines := psutil.Process(replica.pid).children()) < 1 or engines[0].cmdline()[
-            :1
-        ] != ["VLLM::EngineCore"]:
-            assert time.monotonic() < deadline, "the replica never started its engine"
-            time.sleep(0.05)
-        family = [psutil.Process(replica.pid), engines[0]]
+        family = [psutil.Process(replica.pid), _child_titled(replica, "VLLM::EngineCore")]
         before = [process.nice() for process in family]
         local_stack.lower_tier_priority()
         assert [process.nice() for process in family] == before
