@@ -36,6 +36,7 @@ class AdmissionGate:
         retry_after_s: float,
         max_retry_after_s: float = 30.0,
         on_change: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.limit = limit
         self.min_retry_after_s = retry_after_s
@@ -43,13 +44,23 @@ class AdmissionGate:
         self.in_flight = 0
         self.typical_duration_s: float | None = None
         self._on_change = on_change
+        self._clock = clock
+        # Since when requests have been in flight without a break (None while idle).
+        self._busy_since_s: float | None = None
 
     @property
     def retry_after_s(self) -> float:
         """When a refused client should come back: about one admitted request's duration,
-        jittered so that clients refused together do not return together."""
-        typical = (self.typical_duration_s or 0.0) * random.uniform(*_RETRY_AFTER_JITTER)
-        return min(max(self.min_retry_after_s, typical), self.max_retry_after_s)
+        jittered so that clients refused together do not return together.
+
+        Before any request has finished (a crowd at start-up), the admitted ones have run at
+        least as long as the gate has been busy: the floor alone would send the whole first
+        crowd back at once, long before a slot frees."""
+        typical = self.typical_duration_s
+        if typical is None and self._busy_since_s is not None:
+            typical = self._clock() - self._busy_since_s
+        jittered = (typical or 0.0) * random.uniform(*_RETRY_AFTER_JITTER)
+        return min(max(self.min_retry_after_s, jittered), self.max_retry_after_s)
 
     def overloaded(self, message: str) -> OverloadedError:
         return OverloadedError(message, retry_after_s=self.retry_after_s)
@@ -60,14 +71,19 @@ class AdmissionGate:
             raise self.overloaded(
                 f"The cascade is at capacity ({self.limit} requests in flight); retry later."
             )
+        now = self._clock()
+        if self.in_flight == 0:
+            self._busy_since_s = now
         self._set(self.in_flight + 1)
-        return time.monotonic()
+        return now
 
     def leave(self, started_s: float, *, completed: bool) -> None:
         """A request is done; a completed one updates the typical duration."""
         self._set(self.in_flight - 1)
+        if self.in_flight == 0:
+            self._busy_since_s = None
         if completed:
-            duration_s = time.monotonic() - started_s
+            duration_s = self._clock() - started_s
             previous = self.typical_duration_s
             self.typical_duration_s = (
                 duration_s

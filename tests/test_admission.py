@@ -51,6 +51,17 @@ def test_retry_after_follows_how_long_admitted_requests_take() -> None:
     assert gate.typical_duration_s > 11.0
 
 
+def test_before_any_answer_retry_after_grows_with_how_long_the_gate_has_been_busy() -> None:
+    now = [100.0]
+    gate = AdmissionGate(1, retry_after_s=1.0, max_retry_after_s=30.0, clock=lambda: now[0])
+    held = gate.enter()
+    now[0] += 8.0  # the admitted request has run 8 s and has not finished
+    advised = [gate.retry_after_s for _ in range(200)]
+    assert 0.75 * 8.0 <= min(advised) and max(advised) <= 1.5 * 8.0
+    gate.leave(held, completed=False)  # idle again, still nothing measured: the floor
+    assert gate.retry_after_s == 1.0
+
+
 def test_retry_after_is_capped() -> None:
     gate = AdmissionGate(1, retry_after_s=1.0, max_retry_after_s=30.0)
     gate.leave(gate.enter() - 600.0, completed=True)
