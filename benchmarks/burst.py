@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.loadgen import percentile_ms
+from benchmarks.loadgen import percentile_ms, separate_clients
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Refused by validation before any tier: temperature out of range.
@@ -42,7 +42,7 @@ async def _one(client: httpx.AsyncClient, kind: str) -> tuple[int, float]:
 
 
 async def burst(url: str, clients: int, kind: str) -> dict[str, Any]:
-    pool = [httpx.AsyncClient(base_url=url, timeout=60.0) for _ in range(clients)]
+    pool = separate_clients(url, clients, timeout_s=60.0)
     try:
         results = await asyncio.gather(*(_one(client, kind) for client in pool))
     finally:

@@ -116,6 +116,21 @@ async def _one_request(
     return Outcome(started - t0, time.perf_counter() - started, status, kind, recorded)
 
 
+def separate_clients(base_url: str, count: int, *, timeout_s: float) -> list[httpx.AsyncClient]:
+    """`count` clients with a connection each, as separate users have; build them before
+    the clock starts.
+
+    A single pool shared by many coroutines queues them inside httpx, and that wait was
+    showing up as server latency (4x overload: refusals p50 1-4 s in one shared pool, 40 ms
+    from a separate client). The clients share one TLS context: each building its own costs
+    ~55 ms of blocking CPU (the CA bundle), seconds for 128 clients.
+    """
+    tls = ssl.create_default_context()
+    return [
+        httpx.AsyncClient(base_url=base_url, timeout=timeout_s, verify=tls) for _ in range(count)
+    ]
+
+
 async def run_load(
     base_url: str,
     *,
@@ -137,17 +152,7 @@ async def run_load(
         raise ValueError("give duration_s or total_requests")
     counter = itertools.count()
     outcomes: list[Outcome] = []
-    # One connection per client, as separate users have: a single pool shared by many
-    # coroutines queues them inside httpx, and that wait was showing up as server latency
-    # (4x overload: refusals p50 1-4 s in one shared pool, 40 ms from a separate client).
-    # The clients share one TLS context and exist before the clock starts: each building its
-    # own costs ~55 ms of blocking CPU (the CA bundle), seconds for 128 clients, which stalled
-    # the event loop and was measured as the opening burst's latency.
-    tls = ssl.create_default_context()
-    clients = [
-        httpx.AsyncClient(base_url=base_url, timeout=timeout_s, verify=tls)
-        for _ in range(concurrency)
-    ]
+    clients = separate_clients(base_url, concurrency, timeout_s=timeout_s)
     t0 = time.perf_counter()
     deadline = t0 + duration_s if duration_s is not None else float("inf")
 
