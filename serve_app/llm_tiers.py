@@ -16,6 +16,7 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from serve_app.config import TierConfig, TierName
 from serve_app.local_models import resolve_model_source
+from serve_app.tier_priority import start_own_session
 
 
 class SkipNodeInitForLocalModel(CallbackBase):
@@ -41,6 +42,19 @@ class SkipNodeInitForLocalModel(CallbackBase):
         return nodes == {ray.get_runtime_context().get_node_id()}
 
 
+class CpuTierCallback(SkipNodeInitForLocalModel):
+    """A CPU tier's replica also starts a session of its own before vLLM starts.
+
+    Its engines inherit that session, so on a box they share with the gateway the local
+    stack can lower the whole tier's CPU share without lowering the gateway's (the kernel
+    shares the CPU between sessions before it looks at niceness: serve_app/tier_priority.py).
+    """
+
+    async def on_before_node_init(self) -> None:
+        start_own_session()
+        await super().on_before_node_init()
+
+
 def llm_config_for_tier(tier: TierConfig, *, resolve_packaged: bool = True) -> LLMConfig:
     """Translate our tier config into Ray Serve LLM's LLMConfig."""
     source = resolve_model_source(tier.model_source) if resolve_packaged else tier.model_source
@@ -49,8 +63,9 @@ def llm_config_for_tier(tier: TierConfig, *, resolve_packaged: bool = True) -> L
         "engine_kwargs": dict(tier.engine_kwargs),
         "deployment_config": dict(tier.deployment_config),
         "runtime_env": {"env_vars": dict(tier.env_vars)} if tier.env_vars else None,
-        "callback_config": {"callback_class": f"{__name__}:{SkipNodeInitForLocalModel.__name__}"},
     }
+    callback = CpuTierCallback if tier.accelerator == "cpu" else SkipNodeInitForLocalModel
+    options["callback_config"] = {"callback_class": f"{__name__}:{callback.__name__}"}
     if tier.accelerator == "cpu":
         options["accelerator_config"] = {"kind": "cpu"}
     elif tier.accelerator_type:

@@ -6,8 +6,8 @@ stop path here reaps them, so the next run does not start out of memory.
 
 On a cluster the engines have GPU nodes of their own; here they share two cores with the
 gateway (proxy, ingress, router, cache). While the stack runs, the engines' processes are kept
-at the lowest CPU priority, so a burst of requests is admitted or refused by the gateway
-without queueing behind token generation.
+at the lowest CPU priority (serve_app/tier_priority.py), so a burst of requests is admitted or
+refused by the gateway without queueing behind token generation.
 """
 
 from __future__ import annotations
@@ -19,20 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
+
+from serve_app.tier_priority import ENGINE_TITLES, keep_tiers_at_low_priority
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-ENGINE_TITLES = ("VLLM::EngineCore", "VLLM::Worker")
 ENGINE_PROCESS_MARKERS = (*ENGINE_TITLES, "ray::ServeReplica")
-LOWEST_PRIORITY = 19
-# Ray titles an actor's process after the task it runs: a Serve replica is titled so for
-# its whole start-up (constructor, vLLM engine start), and the engines it spawns are its
-# children.
-STARTING_REPLICA_MARKER = ".initialize_and_get_metadata"
 # Ray Serve's own request-path settings from its "throughput optimized" profile, minus
 # direct ingress (that needs a load balancer in front of the replicas): user code and the
 # handle router on the replica's main event loop instead of threads of their own (fewer
@@ -112,64 +106,10 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
     reap_engine_processes()
 
 
-def is_tier_process(title: str) -> bool:
-    """vLLM's engine and worker, or the LLMServer replica that feeds them: a Serve replica
-    titled `ray::ServeReplica:<app>:llm-<tier>` (deployment names: serve_app/llm_tiers.py)."""
-    if any(title.startswith(engine) for engine in ENGINE_TITLES):
-        return True
-    return title.startswith("ray::ServeReplica:") and ":llm-" in title
-
-
-def tier_processes() -> Iterator[tuple[str, psutil.Process]]:
-    """(title, process) of every tier process running; `process.info["nice"]` is its niceness
-    (None when it cannot be read)."""
-    for process in psutil.process_iter(["cmdline", "name", "nice"]):
-        title = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
-        if is_tier_process(title):
-            yield title, process
-
-
-def is_starting(process: psutil.Process) -> bool:
-    """Whether `process` is a replica still starting, or an engine such a replica spawned."""
-    try:
-        lineage = [process, *process.parents()]
-        return any(STARTING_REPLICA_MARKER in " ".join(p.cmdline()) for p in lineage)
-    except psutil.Error:
-        return False
-
-
-def lower_tier_priority() -> int:
-    """Give every running tier process the lowest CPU priority; returns how many changed.
-
-    Raising a process's niceness needs no privilege. Run repeatedly: a killed replica comes
-    back as new processes at Ray's default priority. A replica that is still starting is
-    left at that priority until it serves: at the lowest one, its imports and engine
-    start-up queued behind the surviving engine and stretched a restart under load.
-    """
-    changed = 0
-    for _, process in tier_processes():
-        niceness = process.info["nice"]
-        if niceness is None or niceness >= LOWEST_PRIORITY or is_starting(process):
-            continue
-        try:
-            process.nice(LOWEST_PRIORITY)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        changed += 1
-    return changed
-
-
-def keep_tiers_at_low_priority(interval_s: float = 5.0) -> threading.Event:
-    """Apply `lower_tier_priority` now and every `interval_s` until the returned event is set."""
-    stopped = threading.Event()
-
-    def loop() -> None:
-        while not stopped.is_set():
-            lower_tier_priority()
-            stopped.wait(interval_s)
-
-    threading.Thread(target=loop, name="tier-priority", daemon=True).start()
-    return stopped
+def keep_engines_behind_gateway(process: subprocess.Popen[bytes]) -> threading.Event:
+    """Keep the tiers of the `serve run` in `process` below its gateway's CPU priority until
+    the returned event is set. `start` made that `serve run` lead the gateway's session."""
+    return keep_tiers_at_low_priority(gateway_session=os.getsid(process.pid))
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -203,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = wait_ready(process, DEFAULT_URL, args.models, args.timeout_s)
         print(f"ready after {seconds:.0f} s: OpenAI API on {DEFAULT_URL}/v1 (Ctrl-C stops)")
         if not args.no_tier_priority:
-            keep_tiers_at_low_priority()
+            keep_engines_behind_gateway(process)
         process.wait()
     except KeyboardInterrupt:
         print("stopping")

@@ -44,7 +44,7 @@ def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         print(log_path.read_text(errors="replace")[-20000:])
         raise
     # As `python -m serve_app.local_stack` runs it: engines at the lowest CPU priority.
-    priority_keeper = local_stack.keep_tiers_at_low_priority()
+    priority_keeper = local_stack.keep_engines_behind_gateway(process)
     yield local_stack.DEFAULT_URL
     priority_keeper.set()
     local_stack.stop(process)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -365,3 +367,35 @@ def test_tiers_skip_the_node_download_only_for_a_local_model_on_this_node(
         assert callback.ctx.run_init_node is downloads
     finally:
         ray.util.remove_placement_group(group)
+
+
+def test_only_cpu_tiers_start_a_session_of_their_own_before_vllm_starts() -> None:
+    from serve_app.llm_tiers import CpuTierCallback, SkipNodeInitForLocalModel, llm_config_for_tier
+
+    for path, callback in ((LOCAL, CpuTierCallback), (PRODUCTION, SkipNodeInitForLocalModel)):
+        for tier in CascadeConfig.model_validate(_args(path)).tiers.values():
+            llm_config = llm_config_for_tier(tier, resolve_packaged=False)
+            expected = f"serve_app.llm_tiers:{callback.__name__}"
+            assert llm_config.callback_config.callback_class == expected, path.name
+    # The callback runs in the LLMServer replica, which Ray starts as a process-group leader.
+    replica = subprocess.run(
+        [sys.executable, "-c", _RUN_CPU_TIER_CALLBACK, str(LOCAL)],
+        capture_output=True,
+        process_group=0,
+        timeout=120,
+        check=True,
+    )
+    assert replica.stdout.split()[-1] == b"session-leader"
+
+
+_RUN_CPU_TIER_CALLBACK = """
+import asyncio, os, sys, yaml
+from serve_app.config import CascadeConfig
+from serve_app.llm_tiers import CpuTierCallback, llm_config_for_tier
+args = yaml.safe_load(open(sys.argv[1]))["applications"][0]["args"]
+tier = CascadeConfig.model_validate(args).tiers["small"]
+llm_config = llm_config_for_tier(tier, resolve_packaged=False)
+callback = CpuTierCallback(llm_config, ctx_kwargs={"placement_group": None})
+asyncio.run(callback.on_before_node_init())
+print("session-leader" if os.getsid(0) == os.getpid() else "same-session")
+"""

@@ -1,7 +1,8 @@
-"""The engines yield the CPU to the gateway on a shared box (`local_stack.lower_tier_priority`)."""
+"""The engines yield the CPU to the gateway on a shared box (serve_app/tier_priority.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +11,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from serve_app import local_stack
+from serve_app import tier_priority
+from serve_app.tier_priority import LOWEST_PRIORITY, autogroup_niceness, thread_niceness
 
 # Sets its process title as vLLM's and Ray's processes do, then sleeps.
 SLEEPER = [
@@ -45,20 +47,20 @@ def test_tier_processes_get_the_lowest_priority_and_the_gateway_keeps_its_own(
 ) -> None:
     tier, gateway = sleepers
     gateway_nice = gateway.nice()
-    assert local_stack.lower_tier_priority() >= 1
-    assert tier.nice() == local_stack.LOWEST_PRIORITY
+    assert tier_priority.lower_tier_priority() >= 1
+    assert tier.nice() == LOWEST_PRIORITY
     assert gateway.nice() == gateway_nice
-    assert local_stack.lower_tier_priority() == 0  # already lowest: nothing to change
+    assert tier_priority.lower_tier_priority() == 0  # already lowest: nothing to change
 
 
 def test_the_keeper_also_lowers_processes_started_after_it(
     sleepers: tuple[psutil.Process, psutil.Process],
 ) -> None:
-    stop = local_stack.keep_tiers_at_low_priority(interval_s=0.1)
+    stop = tier_priority.keep_tiers_at_low_priority(interval_s=0.1)
     try:
         late = _titled("VLLM::EngineCore")  # an engine restarted by Serve after the keeper began
         deadline = time.monotonic() + 5
-        while psutil.Process(late.pid).nice() != local_stack.LOWEST_PRIORITY:
+        while psutil.Process(late.pid).nice() != LOWEST_PRIORITY:
             assert time.monotonic() < deadline, "the restarted engine kept its priority"
             time.sleep(0.1)
     finally:
@@ -79,7 +81,7 @@ def _child_titled(parent: subprocess.Popen[bytes], title: str) -> psutil.Process
 
 def test_a_starting_replica_and_its_engine_keep_their_priority() -> None:
     # The replica's engine is its child, as vLLM's EngineCore is the LLMServer replica's.
-    starting_title = f"ray::ServeReplica:cascade:llm-large{local_stack.STARTING_REPLICA_MARKER}"
+    starting_title = f"ray::ServeReplica:cascade:llm-large{tier_priority.STARTING_REPLICA_MARKER}"
     spawn_engine = (
         "import subprocess, sys, time, setproctitle;"
         f"setproctitle.setproctitle({starting_title!r});"
@@ -89,7 +91,7 @@ def test_a_starting_replica_and_its_engine_keep_their_priority() -> None:
     try:
         family = [psutil.Process(replica.pid), _child_titled(replica, "VLLM::EngineCore")]
         before = [process.nice() for process in family]
-        local_stack.lower_tier_priority()
+        tier_priority.lower_tier_priority()
         assert [process.nice() for process in family] == before
     finally:
         for child in psutil.Process(replica.pid).children():
@@ -98,16 +100,88 @@ def test_a_starting_replica_and_its_engine_keep_their_priority() -> None:
         replica.wait()
 
 
-def _tier_niceness() -> dict[str, int]:
-    return {title: process.info["nice"] for title, process in local_stack.tier_processes()}
+def _tier_threads_niceness() -> dict[str, set[int]]:
+    return {title: set(thread_niceness(p.pid)) for title, p in tier_priority.tier_processes()}
+
+
+def _python(code: str, **popen: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], **popen)
+
+
+def test_every_thread_of_a_tier_process_is_lowered() -> None:
+    # vLLM's engine threads exist before the keeper first sees the process.
+    engine = _python(
+        "import threading, time, setproctitle; setproctitle.setproctitle('VLLM::Worker');"
+        "threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(engine.pid).cmdline()[:1] != ["VLLM::Worker"] or (
+            psutil.Process(engine.pid).num_threads() < 2
+        ):
+            assert time.monotonic() < deadline, "the engine never started its thread"
+            time.sleep(0.05)
+        tier_priority.lower_tier_priority()
+        assert set(thread_niceness(engine.pid)) == {LOWEST_PRIORITY}
+    finally:
+        engine.kill()
+        engine.wait()
+
+
+def test_a_ray_worker_like_process_group_leader_can_start_its_own_session() -> None:
+    checker = _python(
+        "import os; from serve_app.tier_priority import start_own_session;"
+        "print(start_own_session(), os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid())",
+        stdout=subprocess.PIPE,
+        process_group=0,  # a group leader in our session, as Ray starts its workers
+    )
+    out, _ = checker.communicate(timeout=30)
+    assert out.split() == [b"True", b"True", b"True"]
+
+
+@pytest.mark.skipif(autogroup_niceness(os.getpid()) is None, reason="kernel without autogroups")
+def test_a_tier_in_its_own_session_gets_its_autogroup_lowered_not_the_gateways() -> None:
+    own_session_engine = _python(
+        "import time, setproctitle; from serve_app.tier_priority import start_own_session;"
+        "assert start_own_session(); setproctitle.setproctitle('VLLM::EngineCore'); time.sleep(60)"
+    )
+    same_session_engine = _titled("VLLM::Worker")  # e.g. a tier whose session start failed
+    gateway_autogroup = autogroup_niceness(os.getpid())
+    try:
+        deadline = time.monotonic() + 10
+        while autogroup_niceness(own_session_engine.pid) != LOWEST_PRIORITY:
+            assert time.monotonic() < deadline, "the tier's autogroup was never lowered"
+            tier_priority.lower_tier_priority(gateway_session=os.getsid(0))
+            time.sleep(0.2)  # unprivileged autogroup changes are rate-limited
+        assert autogroup_niceness(os.getpid()) == gateway_autogroup
+        assert autogroup_niceness(same_session_engine.pid) == gateway_autogroup
+    finally:
+        for process in (own_session_engine, same_session_engine):
+            process.kill()
+            process.wait()
 
 
 def test_the_running_stack_engines_are_at_the_lowest_priority(http: object) -> None:
-    niceness = _tier_niceness()
+    niceness = _tier_threads_niceness()
     assert any("VLLM::EngineCore" in title for title in niceness), "no engine processes found"
     assert any(":llm-small" in title for title in niceness), "no LLMServer replica found"
     deadline = time.monotonic() + 15  # the keeper runs every 5 s
-    while set(niceness.values()) != {local_stack.LOWEST_PRIORITY}:
-        assert time.monotonic() < deadline, f"engines above the lowest priority: {niceness}"
+    while set().union(*niceness.values()) != {LOWEST_PRIORITY}:
+        assert time.monotonic() < deadline, f"engine threads above the lowest priority: {niceness}"
         time.sleep(1)
-        niceness = _tier_niceness()
+        niceness = _tier_threads_niceness()
+
+
+@pytest.mark.skipif(autogroup_niceness(os.getpid()) is None, reason="kernel without autogroups")
+def test_the_running_stack_engines_share_the_cpu_apart_from_the_gateway(http: object) -> None:
+    (ingress,) = [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if " ".join(process.info["cmdline"] or []).startswith("ray::ServeReplica:cascade:ingress")
+    ]
+    engines = [p for title, p in tier_priority.tier_processes() if "VLLM::EngineCore" in title]
+    assert engines, "no engine processes found"
+    for engine in engines:
+        assert os.getsid(engine.pid) != os.getsid(ingress.pid)
+        assert autogroup_niceness(engine.pid) == LOWEST_PRIORITY
+    assert autogroup_niceness(ingress.pid) == 0
