@@ -131,6 +131,11 @@ def separate_clients(base_url: str, count: int, *, timeout_s: float) -> list[htt
     ]
 
 
+def ramp_offsets(count: int, ramp_s: float) -> list[float]:
+    """When each of `count` clients starts: evenly over `ramp_s`, the first at once."""
+    return [ramp_s * index / count for index in range(count)]
+
+
 async def run_load(
     base_url: str,
     *,
@@ -142,11 +147,13 @@ async def run_load(
     timeout_s: float = 120.0,
     on_outcome: Callable[[Outcome], None] | None = None,
     respect_retry_after: bool = False,
+    ramp_s: float = 0.0,
 ) -> list[Outcome]:
     """`concurrency` clients send back-to-back requests until the duration or count is spent.
 
     With `respect_retry_after`, a client told to come back later (429/503 + Retry-After)
-    waits that long first, as the OpenAI SDK does; otherwise it retries at once.
+    waits that long first, as the OpenAI SDK does; otherwise it retries at once. The clients
+    start evenly spread over `ramp_s` (0: all in the same instant).
     """
     if duration_s is None and total_requests is None:
         raise ValueError("give duration_s or total_requests")
@@ -156,7 +163,8 @@ async def run_load(
     t0 = time.perf_counter()
     deadline = t0 + duration_s if duration_s is not None else float("inf")
 
-    async def requests_until_done(client: httpx.AsyncClient) -> None:
+    async def requests_until_done(client: httpx.AsyncClient, start_s: float) -> None:
+        await asyncio.sleep(start_s)
         while time.perf_counter() < deadline:
             index = next(counter)
             if total_requests is not None and index >= total_requests:
@@ -172,7 +180,12 @@ async def run_load(
                 )
 
     try:
-        await asyncio.gather(*(requests_until_done(client) for client in clients))
+        await asyncio.gather(
+            *(
+                requests_until_done(client, start_s)
+                for client, start_s in zip(clients, ramp_offsets(concurrency, ramp_s), strict=True)
+            )
+        )
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
     return outcomes

@@ -17,6 +17,8 @@ import pytest
 from benchmarks import load_generator, savings_benchmark
 from benchmarks.build_workload import MMLU_DIR, build_workload
 from benchmarks.load_generator import RequestResult, select_items, summarize
+from benchmarks.loadgen import Outcome, ramp_offsets
+from benchmarks.overload import overload_report
 from benchmarks.workload import DEFAULT_WORKLOAD, load_workload
 from serve_app.report import discovered_metrics_urls
 
@@ -99,3 +101,20 @@ def test_quick_benchmarks_run_against_the_stack(cascade_url: str, tmp_path: Path
     # Every cascade response carried the ingress's own measure of what it added.
     assert overhead["ways"]["cascade miss"]["gateway_ms"]["count"] == overhead["latency_requests"]
     assert overhead["ways"]["direct"]["gateway_ms"] is None
+
+
+def test_overload_report_tells_the_opening_burst_from_the_steady_overload() -> None:
+    retry = {"retry-after": "3"}
+    opening = [Outcome(0.01 * i, 0.9, 503, "http_503", retry) for i in range(20)]
+    steady = [Outcome(10.0 + i, 0.02 + 0.001 * i, 503, "http_503", retry) for i in range(40)]
+    answered = [Outcome(1.0, 12.0, 200, "ok", {})]
+    report = overload_report([*opening, *steady, *answered], clients=128, wall_s=60.0)
+    assert report["rejected"] == 60 and report["lost"] == 0
+    assert report["rejected_latency_ms"]["max"] == pytest.approx(900)
+    assert report["rejected_after_opening_ms"]["max"] == pytest.approx(59)
+    assert [w["refused"] for w in report["rejected_by_window"]] == [20, 10, 10, 10, 10]
+
+
+def test_load_clients_start_spread_over_the_ramp() -> None:
+    assert ramp_offsets(4, 2.0) == [0.0, 0.5, 1.0, 1.5]
+    assert ramp_offsets(3, 0.0) == [0.0, 0.0, 0.0]  # all in the same instant
