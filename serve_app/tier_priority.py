@@ -97,8 +97,8 @@ def autogroup_niceness(pid: int) -> int | None:
 def lower_tier_priority(gateway_session: int | None = None) -> int:
     """Give every running tier process the lowest CPU priority; returns how many changed.
 
-    All its threads go to the lowest niceness; a tier process in a session other than
-    `gateway_session` also gets its autogroup lowered (never the gateway's own). Lowering
+    All its threads go to the lowest niceness; a tier process in a session its replica
+    started also gets that session's autogroup lowered (never the gateway's own). Lowering
     a priority needs no privilege. Run repeatedly: a killed replica comes back as new
     processes at Ray's default priority. A replica that is still starting is left at that
     priority until it serves: at the lowest one, its imports and engine start-up queued
@@ -110,7 +110,7 @@ def lower_tier_priority(gateway_session: int | None = None) -> int:
             continue
         try:
             lowered = _lower_threads(process.pid)
-            if gateway_session is not None and os.getsid(process.pid) != gateway_session:
+            if gateway_session is not None and _in_a_tier_session(process.pid, gateway_session):
                 lowered = _lower_autogroup(process.pid) or lowered
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
@@ -150,6 +150,22 @@ def _lower_threads(pid: int) -> bool:
         except ProcessLookupError:
             continue  # a thread that just ended
     return lowered
+
+
+def _title(process: psutil.Process) -> str:
+    return " ".join(process.cmdline() or [process.name()])
+
+
+def _in_a_tier_session(pid: int, gateway_session: int) -> bool:
+    """Whether `pid` is in a session a tier replica of this stack started for itself
+    (`start_own_session`): its leader is a tier process whose parent (Ray's raylet) is in
+    the gateway's session. Never the gateway's session, nor anyone else's (a user's shell
+    that happens to run a process titled like an engine)."""
+    leader_pid = os.getsid(pid)
+    if leader_pid == gateway_session:
+        return False
+    leader = psutil.Process(leader_pid)
+    return is_tier_process(_title(leader)) and os.getsid(leader.ppid()) == gateway_session
 
 
 def _lower_autogroup(pid: int) -> bool:

@@ -139,24 +139,60 @@ def test_a_ray_worker_like_process_group_leader_can_start_its_own_session() -> N
     assert out.split() == [b"True", b"True", b"True"]
 
 
+# Starts a session of its own as the tier's callback has the LLMServer replica do, takes the
+# title given, and sleeps; or, with a second title, also spawns a child so titled.
+OWN_SESSION_SLEEPER = (
+    "import subprocess, sys, time, setproctitle;"
+    "from serve_app.tier_priority import start_own_session;"
+    "assert start_own_session(); setproctitle.setproctitle(sys.argv[1]);"
+    "child = sys.argv[2:] and subprocess.Popen([sys.executable, '-c',"
+    " 'import sys, time, setproctitle; setproctitle.setproctitle(sys.argv[1]); time.sleep(60)',"
+    " sys.argv[2]]);"
+    "time.sleep(60)"
+)
+
+
+def _own_session(*titles: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", OWN_SESSION_SLEEPER, *titles])
+
+
+def _session_members(leader: subprocess.Popen[bytes], count: int) -> list[psutil.Process]:
+    deadline = time.monotonic() + 10
+    while True:
+        members = [psutil.Process(leader.pid), *psutil.Process(leader.pid).children()]
+        if len(members) == count and all(os.getsid(m.pid) == leader.pid for m in members):
+            return members
+        assert time.monotonic() < deadline, "the session never formed"
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(autogroup_niceness(os.getpid()) is None, reason="kernel without autogroups")
-def test_a_tier_in_its_own_session_gets_its_autogroup_lowered_not_the_gateways() -> None:
-    own_session_engine = _python(
-        "import time, setproctitle; from serve_app.tier_priority import start_own_session;"
-        "assert start_own_session(); setproctitle.setproctitle('VLLM::EngineCore'); time.sleep(60)"
-    )
-    same_session_engine = _titled("VLLM::Worker")  # e.g. a tier whose session start failed
-    gateway_autogroup = autogroup_niceness(os.getpid())
+def test_only_the_sessions_our_tiers_started_get_their_autogroup_lowered() -> None:
+    # A tier replica of "our" stack: this test's session stands for the gateway's (the
+    # replica's parent, Ray's raylet, is in it).
+    tier = _own_session("ray::ServeReplica:cascade:llm-small", "VLLM::EngineCore")
+    # A user's own session (a shell) that runs a process titled like an engine.
+    users = _own_session("bash", "VLLM::Worker")
+    other_gateway = subprocess.Popen([*SLEEPER, "serve"], start_new_session=True)
     try:
+        replica, engine = _session_members(tier, 2)
+        _, users_engine = _session_members(users, 2)
+        ours = autogroup_niceness(os.getpid())
+        # Another stack's keeper leaves our tier alone.
+        tier_priority.lower_tier_priority(gateway_session=other_gateway.pid)
+        assert autogroup_niceness(engine.pid) == ours
         deadline = time.monotonic() + 10
-        while autogroup_niceness(own_session_engine.pid) != LOWEST_PRIORITY:
+        while autogroup_niceness(engine.pid) != LOWEST_PRIORITY:
             assert time.monotonic() < deadline, "the tier's autogroup was never lowered"
             tier_priority.lower_tier_priority(gateway_session=os.getsid(0))
             time.sleep(0.2)  # unprivileged autogroup changes are rate-limited
-        assert autogroup_niceness(os.getpid()) == gateway_autogroup
-        assert autogroup_niceness(same_session_engine.pid) == gateway_autogroup
+        assert autogroup_niceness(replica.pid) == LOWEST_PRIORITY  # one session, one autogroup
+        assert autogroup_niceness(users_engine.pid) == ours
+        assert autogroup_niceness(os.getpid()) == ours
     finally:
-        for process in (own_session_engine, same_session_engine):
+        for process in (tier, users, other_gateway):
+            for child in psutil.Process(process.pid).children():
+                child.kill()
             process.kill()
             process.wait()
 
