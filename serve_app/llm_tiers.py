@@ -6,6 +6,7 @@ The same function builds the CPU tiers of `configs/local.yaml` and the GPU tiers
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -17,6 +18,8 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from serve_app.config import TierConfig, TierName
 from serve_app.local_models import resolve_model_source
 from serve_app.tier_priority import start_own_session
+
+logger = logging.getLogger("ray.serve")
 
 
 class SkipNodeInitForLocalModel(CallbackBase):
@@ -51,7 +54,11 @@ class CpuTierCallback(SkipNodeInitForLocalModel):
     """
 
     async def on_before_node_init(self) -> None:
-        start_own_session()
+        if not start_own_session():
+            logger.warning(
+                "This tier's replica could not start a session of its own; its engines share "
+                "the gateway's CPU group and their low priority will not reach past it."
+            )
         await super().on_before_node_init()
 
 
