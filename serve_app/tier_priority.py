@@ -67,7 +67,7 @@ def is_tier_process(title: str) -> bool:
 def tier_processes() -> Iterator[tuple[str, psutil.Process]]:
     """(title, process) of every tier process running."""
     for process in psutil.process_iter(["cmdline", "name"]):
-        title = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+        title = _title(process.info["cmdline"], process.info["name"])
         if is_tier_process(title):
             yield title, process
 
@@ -152,8 +152,9 @@ def _lower_threads(pid: int) -> bool:
     return lowered
 
 
-def _title(process: psutil.Process) -> str:
-    return " ".join(process.cmdline() or [process.name()])
+def _title(cmdline: list[str] | None, name: str | None) -> str:
+    """A process's title as Ray and vLLM set it (their titles replace the command line)."""
+    return " ".join(cmdline or [name or ""])
 
 
 def _in_a_tier_session(pid: int, gateway_session: int) -> bool:
@@ -165,7 +166,8 @@ def _in_a_tier_session(pid: int, gateway_session: int) -> bool:
     if leader_pid == gateway_session:
         return False
     leader = psutil.Process(leader_pid)
-    return is_tier_process(_title(leader)) and os.getsid(leader.ppid()) == gateway_session
+    leader_title = _title(leader.cmdline(), leader.name())
+    return is_tier_process(leader_title) and os.getsid(leader.ppid()) == gateway_session
 
 
 def _lower_autogroup(pid: int) -> bool:

@@ -32,6 +32,17 @@ def _titled(title: str) -> subprocess.Popen[bytes]:
     return process
 
 
+def _python(code: str, **popen: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], **popen)
+
+
+def _kill_with_children(process: subprocess.Popen[bytes]) -> None:
+    for child in psutil.Process(process.pid).children():
+        child.kill()
+    process.kill()
+    process.wait()
+
+
 @pytest.fixture
 def sleepers() -> Iterator[tuple[psutil.Process, psutil.Process]]:
     tier = _titled("ray::ServeReplica:cascade:llm-small")
@@ -87,25 +98,18 @@ def test_a_starting_replica_and_its_engine_keep_their_priority() -> None:
         f"setproctitle.setproctitle({starting_title!r});"
         f"subprocess.Popen({[*SLEEPER, 'VLLM::EngineCore']!r}); time.sleep(60)"
     )
-    replica = subprocess.Popen([sys.executable, "-c", spawn_engine])
+    replica = _python(spawn_engine)
     try:
         family = [psutil.Process(replica.pid), _child_titled(replica, "VLLM::EngineCore")]
         before = [process.nice() for process in family]
         tier_priority.lower_tier_priority()
         assert [process.nice() for process in family] == before
     finally:
-        for child in psutil.Process(replica.pid).children():
-            child.kill()
-        replica.kill()
-        replica.wait()
+        _kill_with_children(replica)
 
 
 def _tier_threads_niceness() -> dict[str, set[int]]:
     return {title: set(thread_niceness(p.pid)) for title, p in tier_priority.tier_processes()}
-
-
-def _python(code: str, **popen: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", code], **popen)
 
 
 def test_every_thread_of_a_tier_process_is_lowered() -> None:
@@ -139,21 +143,15 @@ def test_a_ray_worker_like_process_group_leader_can_start_its_own_session() -> N
     assert out.split() == [b"True", b"True", b"True"]
 
 
-# Starts a session of its own as the tier's callback has the LLMServer replica do, takes the
-# title given, and sleeps; or, with a second title, also spawns a child so titled.
-OWN_SESSION_SLEEPER = (
-    "import subprocess, sys, time, setproctitle;"
-    "from serve_app.tier_priority import start_own_session;"
-    "assert start_own_session(); setproctitle.setproctitle(sys.argv[1]);"
-    "child = sys.argv[2:] and subprocess.Popen([sys.executable, '-c',"
-    " 'import sys, time, setproctitle; setproctitle.setproctitle(sys.argv[1]); time.sleep(60)',"
-    " sys.argv[2]]);"
-    "time.sleep(60)"
-)
-
-
-def _own_session(*titles: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", OWN_SESSION_SLEEPER, *titles])
+def _own_session(title: str, child_title: str) -> subprocess.Popen[bytes]:
+    """A process that starts a session of its own, as the tier's callback has the LLMServer
+    replica do, takes `title`, spawns a SLEEPER titled `child_title`, and sleeps."""
+    return _python(
+        "import subprocess, sys, time, setproctitle;"
+        "from serve_app.tier_priority import start_own_session;"
+        f"assert start_own_session(); setproctitle.setproctitle({title!r});"
+        f"subprocess.Popen({[*SLEEPER, child_title]!r}); time.sleep(60)"
+    )
 
 
 def _session_members(leader: subprocess.Popen[bytes], count: int) -> list[psutil.Process]:
@@ -191,10 +189,7 @@ def test_only_the_sessions_our_tiers_started_get_their_autogroup_lowered() -> No
         assert autogroup_niceness(os.getpid()) == ours
     finally:
         for process in (tier, users, other_gateway):
-            for child in psutil.Process(process.pid).children():
-                child.kill()
-            process.kill()
-            process.wait()
+            _kill_with_children(process)
 
 
 def test_the_running_stack_engines_are_at_the_lowest_priority(http: object) -> None:
