@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 models: setup
-	$(PY) -m serve_app.local_models
+	$(PY) -m devtools.models
 
 run: models
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m serve_app.local_stack configs/local.yaml
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m devtools.local_stack configs/local.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -34,4 +34,4 @@ test: models lint
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
 
 clean-stack: setup
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -c "from serve_app.local_stack import reap_engine_processes as r; r()"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -c "from devtools.local_stack import reap_engine_processes as r; r()"

@@ -37,16 +37,16 @@ from typing import Any, Literal, get_args
 import numpy as np
 from tqdm import tqdm
 
-from serve_app.cache_keys import CacheKey, cache_key_for_request
-from serve_app.cache_store import CacheStore, EdgeCacheStore, QdrantServerCacheStore, StoredAnswer
-from serve_app.config import CacheConfig
-from serve_app.near_miss_guard import rejection_reason
-from serve_app.semantic_cache import (
+from serve_app.cache.deployment import (
     Embedder,
     SemanticCache,
     SentenceTransformerEmbedder,
     embedding_text,
 )
+from serve_app.cache.keys import CacheKey, cache_key_for_request
+from serve_app.cache.near_miss_guard import rejection_reason
+from serve_app.cache.store import CacheStore, EdgeCacheStore, QdrantServerCacheStore, StoredAnswer
+from serve_app.config import CacheConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAIRS_PATH = Path(__file__).resolve().parent / "data" / "cache_pairs.jsonl"

@@ -1,6 +1,6 @@
 """Engine levers benchmark (issue 6): each vLLM lever on vs off, same model, same workload.
 
-One run, one model (SmolLM2-135M-Instruct, prepared by `serve_app.local_models`), greedy
+One run, one model (SmolLM2-135M-Instruct, prepared by `devtools.models`), greedy
 decoding, and every engine in its own subprocess (its own process group, killed afterwards) so
 memory is freed between configurations:
 
@@ -168,7 +168,7 @@ def load_tokenizer() -> Any:
 
 
 def model_dir() -> Path:
-    from serve_app.local_models import prepare
+    from devtools.models import prepare
 
     return prepare(MODEL_NAME)
 

@@ -58,8 +58,8 @@ JUDGE_VISIBILITY = (
 
 
 def _tier_prices(config_path: Path) -> dict[str, Any]:
+    from serve_app.accounting.cost_model import TierPrice
     from serve_app.config import CascadeConfig
-    from serve_app.cost_model import TierPrice
 
     raw = yaml.safe_load(config_path.read_text())
     args = raw["applications"][0]["args"]
@@ -123,7 +123,7 @@ def _train_judge(outcomes, out: Path, quick: bool, seed: int):
 def _router_scores(router_checkpoint: Path | None, outcomes) -> tuple[np.ndarray, float, str]:
     from router_training.features import cache_root
     from router_training.pipeline import score_checkpoint
-    from serve_app.router import HeuristicScorer, Router
+    from serve_app.routing.router import HeuristicScorer, Router
 
     if router_checkpoint is not None and router_checkpoint.is_dir():
         router = Router({"checkpoint": str(router_checkpoint)})
@@ -214,8 +214,8 @@ def run_offline(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from router_training.features import cache_root
     from router_training.metrics import roc_auc
     from router_training.pipeline import SPLIT_FILE, export_checkpoint, score_checkpoint
-    from serve_app.judge import AnswerJudge
-    from serve_app.router import ROUTER_CARD_FILE
+    from serve_app.quality.judge import AnswerJudge
+    from serve_app.routing.router import ROUTER_CARD_FILE
 
     outcomes = _load_outcomes(Path(args.data), Path(args.routellm_dir))
     checkpoint = _train_judge(outcomes, out, args.quick, args.seed)
@@ -397,8 +397,8 @@ def run_checks(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import httpx
 
     from serve_app.config import QualityConfig
-    from serve_app.openai_protocol import answer_from_response
-    from serve_app.quality_check import QualityGate
+    from serve_app.protocol.openai_api import answer_from_response
+    from serve_app.quality.checks import QualityGate
 
     questions = labelled_questions(args.check_questions)
     rows = []
@@ -476,7 +476,7 @@ def run_checks(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     judge_dir = Path(args.judge_checkpoint) if args.judge_checkpoint else None
     judge_dir = judge_dir or out / "judge_mmlu" / "export"
     if judge_dir.is_dir():
-        from serve_app.judge import AnswerJudge
+        from serve_app.quality.judge import AnswerJudge
 
         judge = AnswerJudge(judge_dir)
         scores = [judge.score(r["prompt"], r["answer"]) for r in rows]

@@ -33,7 +33,8 @@ from benchmarks.faults import (
 from benchmarks.loadgen import Outcome, run_load, summarize
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-# Escalation reasons that mean the small tier failed (serve_app/fallback.py), not its answer.
+# Escalation reasons that mean the small tier failed, not its answer
+# (serve_app/quality/fallback.py).
 _FAILURE_REASONS = ("error", "timeout", "small_circuit_open")
 
 

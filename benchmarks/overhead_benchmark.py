@@ -64,10 +64,10 @@ from benchmarks.load_generator import (
     tier_prices,
 )
 from benchmarks.workload import DEFAULT_WORKLOAD, WorkloadItem, load_workload
-from serve_app.errors import CascadeError
-from serve_app.local_models import resolve_model_source
-from serve_app.planner import load_cascade_config
-from serve_app.tier_client import TierClient
+from devtools.models import resolve_model_source
+from serve_app.ops.planner import load_cascade_config
+from serve_app.protocol.errors import CascadeError
+from serve_app.tiers.client import TierClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "overhead_benchmark.json"

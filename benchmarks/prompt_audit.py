@@ -8,7 +8,7 @@ Over a workload of chat requests that share a system prompt, it reports:
   ran the workload, and the hit rate reusing the all-shared prefix alone gives (whole 128-token
   KV blocks, every request after the first; requests whose own openings also match, such as
   two questions starting "What is", can hit a block or so more);
-- in dollars per million requests, priced per tier with `serve_app.cost_model` from
+- in dollars per million requests, priced per tier with `serve_app.accounting.cost_model` from
   `configs/local.yaml` and `configs/production.yaml` (prompt tokens at the tier's prefill rate):
   what the prompts cost, what the shared prefix costs, what the prefix cache saves, and what
   trimming the shared prefix to `--trim-to-tokens` would save with and without a prefix cache.
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from serve_app.cost_model import TOKENS_PER_MILLION, TierPrice
-from serve_app.planner import load_cascade_config
+from serve_app.accounting.cost_model import TOKENS_PER_MILLION, TierPrice
+from serve_app.ops.planner import load_cascade_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRICED_CONFIGS = (REPO_ROOT / "configs" / "local.yaml", REPO_ROOT / "configs" / "production.yaml")

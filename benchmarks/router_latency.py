@@ -42,7 +42,7 @@ import numpy as np
 from ray import serve
 from tqdm import tqdm
 
-from serve_app.router import Router
+from serve_app.routing.router import Router
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT / "artifacts" / "router_mmlu" / "seed-0" / "export"

@@ -65,7 +65,7 @@ class ModelConfig(StrictModel):
     max_length: int = Field(default=256, gt=0, description="Prompt tokens the model sees.")
     lexical_prior: LexicalPriorConfig | None = Field(
         default=None,
-        description="Blend a word-level prior into the score (serve_app/router_lexical.py); "
+        description="Blend a word-level prior into the score (serve_app/routing/lexical.py); "
         "None: the encoder's score alone.",
     )
 

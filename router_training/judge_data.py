@@ -1,6 +1,6 @@
 """Judge data: (prompt, answer, label) rows in the outcomes format the router trainer reads.
 
-The learned quality judge (serve_app.judge) is trained by the router's own code: the same
+The learned quality judge (serve_app.quality.judge) is trained by the router's own code: the same
 encoder, head training, early stopping, calibration and export. Only its text differs: each
 outcome's `prompt` holds `judge_text(prompt, answer)`, the pair the judge reads at serving time.
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router_training.data import Outcome, question_group, read_jsonl_rows
-from serve_app.judge import judge_text
+from serve_app.quality.judge import judge_text
 
 
 def read_judge_jsonl(path: str | Path) -> list[Outcome]:

@@ -1,4 +1,4 @@
-"""Fit the router's lexical prior (serve_app.router_lexical) with scikit-learn.
+"""Fit the router's lexical prior (serve_app.routing.lexical) with scikit-learn.
 
 TF-IDF over words and word pairs seen in at least `min_df` training prompts, then a
 class-balanced, L2-regularised logistic regression on the router label. The blend's
@@ -15,7 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from router_training.config import LexicalPriorConfig
-from serve_app.router_lexical import TOKEN, LexicalPrior
+from serve_app.routing.lexical import TOKEN, LexicalPrior
 
 
 def fit_lexical_prior(

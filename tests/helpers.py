@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from serve_app.errors import TierUnavailableError
+from serve_app.protocol.errors import TierUnavailableError
 
 GOOD = "The capital of France is Paris, a city on the Seine known for its museums."
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from serve_app.admission import AdmissionGate
 from serve_app.config import IngressConfig
-from serve_app.errors import OverloadedError
+from serve_app.gateway.admission import AdmissionGate
+from serve_app.protocol.errors import OverloadedError
 
 
 def test_requests_past_the_limit_are_refused_with_retry_after() -> None:

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from serve_app.report import discovered_metrics_urls, scrape, summarize
+from serve_app.ops.report import discovered_metrics_urls, scrape, summarize
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import chat_body
 

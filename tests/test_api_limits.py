@@ -13,9 +13,9 @@ import pytest
 
 from benchmarks.burst import burst
 from benchmarks.loadgen import run_load, summarize
-from serve_app.errors import InvalidRequestError
-from serve_app.openai_protocol import parse_json_object, parse_request_body, request_json_schema
-from serve_app.request_limits import request_timeout_s
+from serve_app.gateway.request_limits import request_timeout_s
+from serve_app.protocol.errors import InvalidRequestError
+from serve_app.protocol.openai_api import parse_json_object, parse_request_body, request_json_schema
 from tests.helpers import chat_body
 
 _BAD_CHAT_BODIES: dict[str, tuple[dict[str, Any], str]] = {

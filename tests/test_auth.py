@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.auth import ANONYMOUS_TENANT, Authenticator, RateLimiter, key_sha256
 from serve_app.config import ApiKeyConfig, AuthConfig
-from serve_app.errors import AuthenticationError, RateLimitError
+from serve_app.gateway.auth import ANONYMOUS_TENANT, Authenticator, RateLimiter, key_sha256
+from serve_app.protocol.errors import AuthenticationError, RateLimitError
 
 
 def _bearer(key: str) -> dict[str, str]:

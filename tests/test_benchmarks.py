@@ -20,7 +20,7 @@ from benchmarks.load_generator import RequestResult, select_items, summarize
 from benchmarks.loadgen import Outcome, ramp_offsets
 from benchmarks.overload import overload_report
 from benchmarks.workload import DEFAULT_WORKLOAD, load_workload
-from serve_app.report import discovered_metrics_urls
+from serve_app.ops.report import discovered_metrics_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,8 @@ from benchmarks.cache_benchmark import (
     run_benchmark,
     write_report,
 )
+from serve_app.cache.deployment import SentenceTransformerEmbedder
 from serve_app.config import CacheConfig
-from serve_app.semantic_cache import SentenceTransformerEmbedder
 
 DEFAULT_THRESHOLD = CacheConfig().similarity_threshold
 

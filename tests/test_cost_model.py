@@ -1,7 +1,6 @@
 import pytest
 
-from serve_app.config import TierCostConfig
-from serve_app.cost_model import (
+from serve_app.accounting.cost_model import (
     LEVERS,
     CostLedger,
     LeverSplit,
@@ -12,6 +11,7 @@ from serve_app.cost_model import (
     split_by_lever,
     usd_per_million_tokens,
 )
+from serve_app.config import TierCostConfig
 
 SMALL = TierPrice.from_config(
     TierCostConfig(gpu_usd_per_hour=1.0, decode_tokens_per_s=2_000, prefill_tokens_per_s=20_000)

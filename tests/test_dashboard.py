@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from serve_app.metrics import CacheMetrics, IngressMetrics
+from serve_app.accounting.metrics import CacheMetrics, IngressMetrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "cascade-dashboard.json"
 

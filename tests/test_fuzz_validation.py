@@ -19,9 +19,9 @@ from schemathesis import GenerationMode
 
 from benchmarks.fuzz_ingress import FuzzReport, _check
 from serve_app.config import LimitsConfig
-from serve_app.errors import CascadeError, openai_error_body
-from serve_app.openai_protocol import RequestKind, parse_request_body, request_json_schema
-from serve_app.request_limits import check_request_limits, read_body
+from serve_app.gateway.request_limits import check_request_limits, read_body
+from serve_app.protocol.errors import CascadeError, openai_error_body
+from serve_app.protocol.openai_api import RequestKind, parse_request_body, request_json_schema
 
 CASES_PER_OPERATION_AND_MODE = int(os.environ.get("CASCADE_FUZZ_VALIDATION_CASES", "60"))
 MAX_MODEL_LEN = 2048

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
+from serve_app.accounting.cost_model import RequestCost, TierPrice
+from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import QualityConfig
-from serve_app.cost_model import RequestCost, TierPrice
-from serve_app.errors import TierUnavailableError
-from serve_app.fallback import TierFallback
-from serve_app.openai_protocol import Answer
-from serve_app.request_trace import RequestTrace
+from serve_app.protocol.errors import TierUnavailableError
+from serve_app.protocol.openai_api import Answer
+from serve_app.quality.fallback import TierFallback
 from tests.helpers import ScriptedTier
 
 SMALL_PRICE, LARGE_PRICE = TierPrice(1e-7, 2e-7), TierPrice(1e-6, 4e-6)

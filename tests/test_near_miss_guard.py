@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.near_miss_guard import rejection_reason
+from serve_app.cache.near_miss_guard import rejection_reason
 
 PARAPHRASES = [
     ("What is the capital of France?", "what's France's capital city?"),

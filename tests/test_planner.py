@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import planner
-from serve_app.planner import GIB, MODEL_ARCHS
+from serve_app.ops import planner
+from serve_app.ops.planner import GIB, MODEL_ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION = REPO_ROOT / "configs" / "production.yaml"

@@ -203,7 +203,7 @@ def test_documented_speculative_decoding_blocks_are_valid_vllm_config() -> None:
     from vllm.config import SpeculativeConfig
     from vllm.config.speculative import SpeculativeMethod
 
-    from serve_app.llm_tiers import llm_config_for_tier
+    from serve_app.tiers.deployment import llm_config_for_tier
 
     def literals(tp) -> set[str]:
         return {
@@ -266,7 +266,7 @@ def test_cluster_yaml_is_a_valid_cluster_launcher_config() -> None:
 
 
 def test_cluster_nodes_start_ray_with_the_same_serve_tuning_as_the_local_stack() -> None:
-    from serve_app.local_stack import GATEWAY_TUNING_ENV
+    from devtools.local_stack import GATEWAY_TUNING_ENV
 
     config = yaml.safe_load(CLUSTER.read_text())
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
@@ -278,7 +278,7 @@ def test_cluster_nodes_start_ray_with_the_same_serve_tuning_as_the_local_stack()
 
 @pytest.mark.parametrize("manifest", [RAYSERVICE, RAYSERVICE_MIG], ids=lambda p: p.name)
 def test_every_rayservice_container_gets_the_same_serve_tuning(manifest: Path) -> None:
-    from serve_app.local_stack import GATEWAY_TUNING_ENV
+    from devtools.local_stack import GATEWAY_TUNING_ENV
 
     cluster = yaml.safe_load(manifest.read_text())["spec"]["rayClusterConfig"]
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
@@ -352,7 +352,7 @@ def test_tiers_skip_the_node_download_only_for_a_local_model_on_this_node(
 
     import ray
 
-    from serve_app.llm_tiers import SkipNodeInitForLocalModel, llm_config_for_tier
+    from serve_app.tiers.deployment import SkipNodeInitForLocalModel, llm_config_for_tier
 
     tier = CascadeConfig.model_validate(_args(LOCAL)).tiers["small"]
     source = str(tmp_path) if source_is_local_dir else "meta-llama/Llama-3.1-8B-Instruct"
@@ -370,12 +370,16 @@ def test_tiers_skip_the_node_download_only_for_a_local_model_on_this_node(
 
 
 def test_only_cpu_tiers_start_a_session_of_their_own_before_vllm_starts() -> None:
-    from serve_app.llm_tiers import CpuTierCallback, SkipNodeInitForLocalModel, llm_config_for_tier
+    from serve_app.tiers.deployment import (
+        CpuTierCallback,
+        SkipNodeInitForLocalModel,
+        llm_config_for_tier,
+    )
 
     for path, callback in ((LOCAL, CpuTierCallback), (PRODUCTION, SkipNodeInitForLocalModel)):
         for tier in CascadeConfig.model_validate(_args(path)).tiers.values():
             llm_config = llm_config_for_tier(tier, resolve_packaged=False)
-            expected = f"serve_app.llm_tiers:{callback.__name__}"
+            expected = f"serve_app.tiers.deployment:{callback.__name__}"
             assert llm_config.callback_config.callback_class == expected, path.name
     # The callback runs in the LLMServer replica, which Ray starts as a process-group leader.
     replica = subprocess.run(
@@ -391,7 +395,7 @@ def test_only_cpu_tiers_start_a_session_of_their_own_before_vllm_starts() -> Non
 _RUN_CPU_TIER_CALLBACK = """
 import asyncio, os, sys, yaml
 from serve_app.config import CascadeConfig
-from serve_app.llm_tiers import CpuTierCallback, llm_config_for_tier
+from serve_app.tiers.deployment import CpuTierCallback, llm_config_for_tier
 args = yaml.safe_load(open(sys.argv[1]))["applications"][0]["args"]
 tier = CascadeConfig.model_validate(args).tiers["small"]
 llm_config = llm_config_for_tier(tier, resolve_packaged=False)

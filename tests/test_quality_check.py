@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from serve_app.circuit_breaker import CircuitBreaker
+from serve_app.accounting.cost_model import RequestCost, TierPrice
+from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import QualityConfig
-from serve_app.cost_model import RequestCost, TierPrice
-from serve_app.fallback import TierFallback
-from serve_app.openai_protocol import Answer, client_asked_for_logprobs
-from serve_app.quality_check import QualityGate
-from serve_app.request_trace import RequestTrace
+from serve_app.protocol.openai_api import Answer, client_asked_for_logprobs
+from serve_app.quality.checks import QualityGate
+from serve_app.quality.circuit_breaker import CircuitBreaker
+from serve_app.quality.fallback import TierFallback
 from tests.helpers import GOOD, ScriptedTier
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from serve_app.report import ScrapedCounters, discovered_metrics_urls, format_summary, summarize
+from serve_app.ops.report import ScrapedCounters, discovered_metrics_urls, format_summary, summarize
 
 # Two ingress replicas' counters, as two nodes' metrics endpoints expose them.
 NODE_A = """

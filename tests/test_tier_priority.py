@@ -1,4 +1,4 @@
-"""The engines yield the CPU to the gateway on a shared box (serve_app/tier_priority.py)."""
+"""The engines yield the CPU to the gateway on a shared box (devtools/tier_priority.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from serve_app import tier_priority
-from serve_app.tier_priority import LOWEST_PRIORITY, autogroup_niceness, thread_niceness
+from devtools import tier_priority
+from devtools.tier_priority import LOWEST_PRIORITY, autogroup_niceness, thread_niceness
 
 # Sets its process title as vLLM's and Ray's processes do, then sleeps.
 SLEEPER = [
@@ -134,7 +134,7 @@ def test_every_thread_of_a_tier_process_is_lowered() -> None:
 
 def test_a_ray_worker_like_process_group_leader_can_start_its_own_session() -> None:
     checker = _python(
-        "import os; from serve_app.tier_priority import start_own_session;"
+        "import os; from devtools.tier_priority import start_own_session;"
         "print(start_own_session(), os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid())",
         stdout=subprocess.PIPE,
         process_group=0,  # a group leader in our session, as Ray starts its workers
@@ -148,7 +148,7 @@ def _own_session(title: str, child_title: str) -> subprocess.Popen[bytes]:
     replica do, takes `title`, spawns a SLEEPER titled `child_title`, and sleeps."""
     return _python(
         "import subprocess, sys, time, setproctitle;"
-        "from serve_app.tier_priority import start_own_session;"
+        "from devtools.tier_priority import start_own_session;"
         f"assert start_own_session(); setproctitle.setproctitle({title!r});"
         f"subprocess.Popen({[*SLEEPER, child_title]!r}); time.sleep(60)"
     )

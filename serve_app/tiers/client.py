@@ -12,13 +12,13 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.errors import (
+from serve_app.protocol.errors import (
     InvalidRequestError,
     OverloadedError,
     TierUnavailableError,
     UpstreamError,
 )
-from serve_app.openai_protocol import (
+from serve_app.protocol.openai_api import (
     Answer,
     RequestKind,
     StreamAccumulator,

@@ -15,9 +15,9 @@ from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
+from devtools.models import resolve_model_source
+from devtools.tier_priority import start_own_session
 from serve_app.config import TierConfig, TierName
-from serve_app.local_models import resolve_model_source
-from serve_app.tier_priority import start_own_session
 
 logger = logging.getLogger("ray.serve")
 
@@ -50,7 +50,7 @@ class CpuTierCallback(SkipNodeInitForLocalModel):
 
     Its engines inherit that session, so on a box they share with the gateway the local
     stack can lower the whole tier's CPU share without lowering the gateway's (the kernel
-    shares the CPU between sessions before it looks at niceness: serve_app/tier_priority.py).
+    shares the CPU between sessions before it looks at niceness: devtools/tier_priority.py).
     """
 
     async def on_before_node_init(self) -> None:

@@ -13,12 +13,12 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.cache_keys import CacheKey, cache_key_for_request
+from serve_app.accounting.metrics import IngressMetrics
+from serve_app.cache.keys import CacheKey, cache_key_for_request
 from serve_app.config import CacheConfig
-from serve_app.errors import DEPLOYMENT_CALL_FAILURES
-from serve_app.metrics import IngressMetrics
-from serve_app.openai_protocol import Answer, RequestKind
-from serve_app.request_limits import seconds_header
+from serve_app.gateway.request_limits import seconds_header
+from serve_app.protocol.errors import DEPLOYMENT_CALL_FAILURES
+from serve_app.protocol.openai_api import Answer, RequestKind
 
 logger = logging.getLogger("ray.serve")
 

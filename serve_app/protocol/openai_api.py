@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from serve_app.errors import InvalidRequestError
+from serve_app.protocol.errors import InvalidRequestError
 
 RequestKind = Literal["chat", "completion"]
 

@@ -197,7 +197,7 @@ class CostLedger:
     """Running cost totals of one ingress replica: what `GET /v1/cascade/summary` returns.
 
     Each replica keeps its own; the Prometheus counters carry the same figures summed over
-    replicas (`python -m serve_app.report`).
+    replicas (`python -m serve_app.ops.report`).
     """
 
     requests: int = 0

@@ -24,7 +24,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from serve_app.config import RouterConfig, TierName
-from serve_app.router_lexical import LexicalPrior
+from serve_app.routing.lexical import LexicalPrior
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ class ServedRouter(Router):
     """
 
     def __init__(self, config: RouterConfig | dict[str, Any]) -> None:
-        from serve_app.metrics import RouterMetrics
+        from serve_app.accounting.metrics import RouterMetrics
 
         self._metrics = RouterMetrics.create()
         super().__init__(config)

@@ -2,10 +2,10 @@
 
 Reads the cascade's Prometheus counters, summed over every ingress replica and node:
 
-    python -m serve_app.report                                 # Ray's metrics ports (local Ray)
-    python -m serve_app.report --metrics-url http://10.0.0.5:8080/metrics
-    python -m serve_app.report --prometheus-url http://prometheus:9090
-    python -m serve_app.report --summary-url http://127.0.0.1:8000   # one ingress replica
+    python -m serve_app.ops.report                                 # Ray's metrics ports (local Ray)
+    python -m serve_app.ops.report --metrics-url http://10.0.0.5:8080/metrics
+    python -m serve_app.ops.report --prometheus-url http://prometheus:9090
+    python -m serve_app.ops.report --summary-url http://127.0.0.1:8000   # one ingress replica
 
 Without a URL it reads the scrape targets Ray writes for Prometheus
 (`/tmp/ray/prom_metrics_service_discovery.json`). Ray's workers push metrics to the node's
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_app.cost_model import LEVERS, cost_summary
+from serve_app.accounting.cost_model import LEVERS, cost_summary
 
 RAY_DISCOVERY_FILE = Path("/tmp/ray/prom_metrics_service_discovery.json")
 METRIC_PREFIX = "ray_cascade_"
@@ -157,7 +157,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serve_app.report",
+        prog="python -m serve_app.ops.report",
         description="Spend, savings by lever and blended $/M of a running cascade.",
     )
     source = parser.add_mutually_exclusive_group()

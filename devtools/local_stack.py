@@ -6,7 +6,7 @@ stop path here reaps them, so the next run does not start out of memory.
 
 On a cluster the engines have GPU nodes of their own; here they share two cores with the
 gateway (proxy, ingress, router, cache). While the stack runs, the engines' processes are kept
-at the lowest CPU priority (serve_app/tier_priority.py), so a burst of requests is admitted or
+at the lowest CPU priority (devtools/tier_priority.py), so a burst of requests is admitted or
 refused by the gateway without queueing behind token generation.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from serve_app.tier_priority import ENGINE_TITLES, keep_tiers_at_low_priority
+from devtools.tier_priority import ENGINE_TITLES, keep_tiers_at_low_priority
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENGINE_PROCESS_MARKERS = (*ENGINE_TITLES, "ray::ServeReplica")

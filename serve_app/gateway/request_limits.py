@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import Request
 
 from serve_app.config import LimitsConfig
-from serve_app.errors import InvalidRequestError, PayloadTooLargeError
-from serve_app.openai_protocol import RequestKind
+from serve_app.protocol.errors import InvalidRequestError, PayloadTooLargeError
+from serve_app.protocol.openai_api import RequestKind
 
 
 async def read_body(request: Request, limits: LimitsConfig) -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serve_app.auth import Caller
+from serve_app.accounting.cost_model import RequestCost
 from serve_app.config import TierName
-from serve_app.cost_model import RequestCost
+from serve_app.gateway.auth import Caller
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from serve_app.cost_model import LeverSplit, split_by_lever
+from serve_app.accounting.cost_model import LeverSplit, split_by_lever
 
 if TYPE_CHECKING:
-    from serve_app.request_trace import RequestTrace
+    from serve_app.accounting.request_trace import RequestTrace
 
 LATENCY_MS_BOUNDARIES = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
 REQUEST_S_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]

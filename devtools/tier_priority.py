@@ -58,7 +58,7 @@ def start_own_session() -> bool:
 
 def is_tier_process(title: str) -> bool:
     """vLLM's engine and worker, or the LLMServer replica that feeds them: a Serve replica
-    titled `ray::ServeReplica:<app>:llm-<tier>` (deployment names: serve_app/llm_tiers.py)."""
+    titled `ray::ServeReplica:<app>:llm-<tier>` (names: serve_app/tiers/deployment.py)."""
     if any(title.startswith(engine) for engine in ENGINE_TITLES):
         return True
     return title.startswith("ray::ServeReplica:") and ":llm-" in title

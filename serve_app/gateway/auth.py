@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import ApiKeyConfig, AuthConfig
-from serve_app.errors import AuthenticationError, RateLimitError
+from serve_app.protocol.errors import AuthenticationError, RateLimitError
 
 ANONYMOUS_TENANT = "anonymous"
 

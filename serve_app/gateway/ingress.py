@@ -19,12 +19,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.admission import AdmissionGate
-from serve_app.auth import Authenticator, RateLimiter
-from serve_app.cache_client import CacheClient, CacheTicket
+from serve_app.accounting.cost_model import CostLedger, RequestCost, TierPrice, cpu_usd
+from serve_app.accounting.metrics import IngressMetrics
+from serve_app.accounting.request_trace import RequestTrace
+from serve_app.cache.client import CacheClient, CacheTicket
 from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
-from serve_app.cost_model import CostLedger, RequestCost, TierPrice, cpu_usd
-from serve_app.errors import (
+from serve_app.gateway.admission import AdmissionGate
+from serve_app.gateway.auth import Authenticator, RateLimiter
+from serve_app.gateway.request_limits import check_request_limits, read_body, request_timeout_s
+from serve_app.protocol.errors import (
     DEPLOYMENT_CALL_FAILURES,
     AdminAuthError,
     CascadeError,
@@ -34,9 +37,7 @@ from serve_app.errors import (
     RequestTimeoutError,
     openai_error_body,
 )
-from serve_app.fallback import TierFallback
-from serve_app.metrics import IngressMetrics
-from serve_app.openai_protocol import (
+from serve_app.protocol.openai_api import (
     Answer,
     RequestKind,
     client_wants_usage_chunk,
@@ -47,10 +48,9 @@ from serve_app.openai_protocol import (
     response_json,
     validate_request,
 )
-from serve_app.request_limits import check_request_limits, read_body, request_timeout_s
-from serve_app.request_trace import RequestTrace
-from serve_app.router import Router, routing_text
-from serve_app.tier_client import TierClient
+from serve_app.quality.fallback import TierFallback
+from serve_app.routing.router import Router, routing_text
+from serve_app.tiers.client import TierClient
 
 logger = logging.getLogger("ray.serve")
 
@@ -214,7 +214,7 @@ class CascadeIngress:
     async def cost_summary(self, request: Request) -> dict[str, Any]:
         """This replica's spend, savings by lever and blended $/M since it started.
 
-        Each ingress replica answers for itself; `python -m serve_app.report` sums the
+        Each ingress replica answers for itself; `python -m serve_app.ops.report` sums the
         Prometheus counters over every replica. Admin only: it totals every tenant.
         """
         self._authorize_admin(request)

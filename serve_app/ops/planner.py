@@ -6,12 +6,12 @@ The seed lesson's formulas, applied to a Serve config (`plan`) or to bare number
 - weights = parameters x bytes per parameter (AWQ/GPTQ keep embeddings and lm_head in 16-bit);
 - KV-cache bytes per token = 2 (K and V) x layers x kv_heads x head_dim x bytes per element;
 - max concurrent sequences = free HBM / (KV bytes per token x context length);
-- $/M tokens = GPU $/hour x GPUs / (tokens/s x 3600) x 1e6 (serve_app.cost_model);
+- $/M tokens = GPU $/hour x GPUs / (tokens/s x 3600) x 1e6 (serve_app.accounting.cost_model);
 - break-even tokens/s for a target $/M, and self-host vs API break-even tokens per month.
 
-    python -m serve_app.planner plan configs/production.yaml --small-share 0.7
-    python -m serve_app.planner memory --arch llama-3.1-8b --gpu A100-80G --context-tokens 4096
-    python -m serve_app.planner cost --gpu-usd-per-hour 3.5 --tokens-per-s 1000
+    python -m serve_app.ops.planner plan configs/production.yaml --small-share 0.7
+    python -m serve_app.ops.planner memory --arch llama-3.1-8b --gpu A100-80G --context-tokens 4096
+    python -m serve_app.ops.planner cost --gpu-usd-per-hour 3.5 --tokens-per-s 1000
 
 Model facts are a small built-in table (no download); `--arch` overrides them.
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
+from serve_app.accounting.cost_model import break_even_tokens_per_s, usd_per_million_tokens
 from serve_app.config import CascadeConfig, TierConfig, TierName
-from serve_app.cost_model import break_even_tokens_per_s, usd_per_million_tokens
 
 GIB = 1024**3
 MIB = 1024**2
@@ -602,7 +602,7 @@ def _cmd_cost(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serve_app.planner",
+        prog="python -m serve_app.ops.planner",
         description="Capacity and cost planner for the cascade's GPU tiers (the seed lesson's "
         "formulas). All numbers are estimates: replace tokens/s with `vllm bench serve` results.",
     )

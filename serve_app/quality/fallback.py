@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from serve_app.circuit_breaker import CircuitBreaker
+from serve_app.accounting.cost_model import TierPrice
+from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import TIER_NAMES, QualityConfig, TierName
-from serve_app.cost_model import TierPrice
-from serve_app.errors import CascadeError, OverloadedError, TierUnavailableError
-from serve_app.openai_protocol import (
+from serve_app.protocol.errors import CascadeError, OverloadedError, TierUnavailableError
+from serve_app.protocol.openai_api import (
     Answer,
     RequestKind,
     answer_from_response,
@@ -30,10 +30,10 @@ from serve_app.openai_protocol import (
     with_internal_logprobs,
     without_logprobs,
 )
-from serve_app.quality_check import QualityGate
-from serve_app.request_trace import RequestTrace
-from serve_app.router import routing_text
-from serve_app.tier_client import TierClient, TierStream
+from serve_app.quality.checks import QualityGate
+from serve_app.quality.circuit_breaker import CircuitBreaker
+from serve_app.routing.router import routing_text
+from serve_app.tiers.client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serve_app.router import ClassifierScorer
+from serve_app.routing.router import ClassifierScorer
 
 if TYPE_CHECKING:
     from ray.serve.metrics import Counter

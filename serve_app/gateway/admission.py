@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 
-from serve_app.errors import OverloadedError
+from serve_app.protocol.errors import OverloadedError
 
 # Weight of the newest request in the moving average of admitted request durations.
 _DURATION_EWMA_WEIGHT = 0.2

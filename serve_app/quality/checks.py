@@ -3,8 +3,8 @@
 Each check is a small callable returning the reason to escalate, or None; the gate runs them
 cheapest first and stops at the first failure. They run in the ingress process: the structural
 and confidence checks cost microseconds, far less than a network hop. The optional learned
-judge (serve_app.judge) costs a classifier forward pass, so it runs last, in a worker thread,
-and only on answers every cheaper check let through.
+judge (serve_app.quality.judge) costs a classifier forward pass, so it runs last, in a worker
+thread, and only on answers every cheaper check let through.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable
 
 from serve_app.config import QualityConfig
-from serve_app.judge import AnswerJudge, judge_failures_counter
-from serve_app.openai_protocol import Answer
+from serve_app.protocol.openai_api import Answer
+from serve_app.quality.judge import AnswerJudge, judge_failures_counter
 
 QualityCheck = Callable[[Answer], str | None]
 
