@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup models run test lint clean-stack
+.PHONY: setup models run test lint
 
 setup: $(STAMP)
 
@@ -29,9 +29,7 @@ run: models
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: models lint
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
-
-clean-stack: setup
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -c "from devtools.local_stack import reap_engine_processes as r; r()"

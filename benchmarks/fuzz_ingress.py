@@ -29,10 +29,11 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from tqdm import tqdm
 
+from benchmarks.loadgen import OPENAI_ERROR_FIELDS
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_GENERATED_TOKENS = 4
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
-_OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
 
 
 @dataclass
@@ -101,14 +102,15 @@ def _cap_tokens(body: Any) -> None:
         body["max_tokens"] = MAX_GENERATED_TOKENS
 
 
-def _check(response: requests.Response, label: str, report: FuzzReport) -> None:
+def check_response(response: requests.Response, label: str, report: FuzzReport) -> None:
+    """Count the status; a 5xx or an error that is not OpenAI-shaped goes into the report."""
     report.statuses[response.status_code] += 1
     if response.status_code >= 500:
         report.server_errors.append(f"{label} -> {response.status_code}: {response.text[:300]}")
     elif response.status_code >= 400:
         try:
             error = response.json()["error"]
-            well_formed = set(error) == _OPENAI_ERROR_FIELDS and bool(error["message"])
+            well_formed = set(error) == OPENAI_ERROR_FIELDS and bool(error["message"])
         except (ValueError, KeyError, TypeError):
             well_formed = False
         if not well_formed:
@@ -149,7 +151,7 @@ def fuzz_operation(
             report.max_latency_s = max(report.max_latency_s, time.perf_counter() - started)
             if progress is not None:
                 progress.update()
-        _check(response, label, report)
+        check_response(response, label, report)
 
     try:
         one_case()

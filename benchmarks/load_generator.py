@@ -37,7 +37,7 @@ from tqdm import tqdm
 from benchmarks.workload import DEFAULT_WORKLOAD, WorkloadItem, load_workload, quick_subset
 from serve_app.accounting.cost_model import TOKENS_PER_MILLION, TierPrice
 from serve_app.config import TIER_NAMES, TierName
-from serve_app.ops.planner import load_cascade_config
+from serve_app.ops.planner.plan import load_cascade_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"

@@ -1,9 +1,10 @@
 """A bounded closed-loop load on loopback: N concurrent clients, each outcome classified.
 
-Shared by the fault tests and the drill, soak and overload scripts. Every request ends in
-exactly one class: `ok` (a complete answer), `http_<status>` with a well-formed OpenAI error,
-`malformed_<status>` (an error that is not OpenAI-shaped, or a 200 without an answer),
-`hang` (no answer within the client timeout) or `lost` (connection error, no HTTP answer).
+Shared by the benchmarks (fault drill, soak, overload, burst; the fuzzer's error check) and by
+the tests of the live stack. Every request ends in exactly one class: `ok` (a complete answer),
+`http_<status>` with a well-formed OpenAI error, `malformed_<status>` (an error that is not
+OpenAI-shaped, or a 200 without an answer), `hang` (no answer within the client timeout) or
+`lost` (connection error, no HTTP answer).
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ SIMPLE_QUESTIONS = (
     "How many legs does a cat have?",
     "What do bees make?",
 )
-_OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
-_RECORDED_HEADERS = (
+OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
+"""The keys of an OpenAI error object (`{"error": {...}}`), no more, no fewer."""
+RECORDED_HEADERS = (
     "x-cascade-tier",
     "x-cascade-route",
     "x-cascade-cache",
     "x-cascade-escalation-reason",
     "retry-after",
 )
+"""Response headers an Outcome keeps: the cascade's routing and cache decisions, Retry-After."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +75,17 @@ def routed_question(index: int, *, max_tokens: int = 8, unique: bool = True) -> 
     }
 
 
-def _is_openai_error(response: httpx.Response) -> bool:
+def is_openai_error(response: httpx.Response) -> bool:
+    """An OpenAI-shaped error body: `error` holds exactly the four keys, with a message."""
     try:
         error = response.json()["error"]
     except (ValueError, KeyError, TypeError):
         return False
-    return isinstance(error, dict) and set(error) == _OPENAI_ERROR_FIELDS and bool(error["message"])
+    return isinstance(error, dict) and set(error) == OPENAI_ERROR_FIELDS and bool(error["message"])
 
 
-def _has_answer(response: httpx.Response) -> bool:
+def has_answer(response: httpx.Response) -> bool:
+    """A complete chat or text completion: a finish reason of stop or length, and content."""
     try:
         choice = response.json()["choices"][0]
     except (ValueError, KeyError, IndexError, TypeError):
@@ -93,22 +98,23 @@ def _has_answer(response: httpx.Response) -> bool:
 
 def classify(response: httpx.Response) -> str:
     if response.status_code == 200:
-        return "ok" if _has_answer(response) else "malformed_200"
-    if _is_openai_error(response):
+        return "ok" if has_answer(response) else "malformed_200"
+    if is_openai_error(response):
         return f"http_{response.status_code}"
     return f"malformed_{response.status_code}"
 
 
-async def _one_request(
+async def request_outcome(
     client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str], t0: float
 ) -> Outcome:
+    """Send one chat or text completion; its class, latency and start relative to `t0`."""
     started = time.perf_counter()
     status, kind, recorded = None, "lost", {}
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     try:
         response = await client.post(path, json=body, headers=headers)
         status, kind = response.status_code, classify(response)
-        recorded = {k: response.headers[k] for k in _RECORDED_HEADERS if k in response.headers}
+        recorded = {k: response.headers[k] for k in RECORDED_HEADERS if k in response.headers}
     except httpx.TimeoutException:
         kind = "hang"
     except httpx.TransportError:
@@ -169,7 +175,7 @@ async def run_load(
             index = next(counter)
             if total_requests is not None and index >= total_requests:
                 return
-            outcome = await _one_request(client, body_for(index), headers or {}, t0)
+            outcome = await request_outcome(client, body_for(index), headers or {}, t0)
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)

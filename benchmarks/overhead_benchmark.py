@@ -65,7 +65,7 @@ from benchmarks.load_generator import (
 )
 from benchmarks.workload import DEFAULT_WORKLOAD, WorkloadItem, load_workload
 from devtools.models import resolve_model_source
-from serve_app.ops.planner import load_cascade_config
+from serve_app.ops.planner.plan import load_cascade_config
 from serve_app.protocol.errors import CascadeError
 from serve_app.tiers.client import TierClient
 

@@ -16,7 +16,9 @@ Over a workload of chat requests that share a system prompt, it reports:
     python -m benchmarks.prompt_audit                   # tokenizer only: shares and bound
     flock /tmp/cascade-live.lock python -m benchmarks.prompt_audit --measure   # + vLLM hit rate
 
-`benchmarks.engine_levers` runs the same audit on its prefix-caching engine (lever 4).
+`benchmarks.engine_levers` runs the same audit on its prefix-caching engine (lever 4). The
+workload (`benchmarks.engine_workloads`) takes its MMLU prompts from the shared data folder:
+`--shared-dir`, else `$CASCADE_SHARED_DIR`, else `shared` beside the repo.
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.engine_runner import measure_audit_on_engine
+from benchmarks.engine_workloads import (
+    SHARED_DIR_ENV,
+    audit_requests,
+    build_system_prompt,
+    chat_prompt_token_ids,
+    default_shared_dir,
+    load_tokenizer,
+)
 from serve_app.accounting.cost_model import TOKENS_PER_MILLION, TierPrice
-from serve_app.ops.planner import load_cascade_config
+from serve_app.ops.planner.plan import load_cascade_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRICED_CONFIGS = (REPO_ROOT / "configs" / "local.yaml", REPO_ROOT / "configs" / "production.yaml")
@@ -223,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="length of the shared system prompt in tokens (%(default)s)",
     )
     parser.add_argument(
+        "--shared-dir",
+        type=Path,
+        default=default_shared_dir(),
+        help="shared data folder; the MMLU prompts come from its data/routellm-mmlu "
+        f"(default: ${SHARED_DIR_ENV}, else `shared` beside the repo: %(default)s)",
+    )
+    parser.add_argument(
         "--trim-to-tokens",
         type=int,
         default=DEFAULT_TRIM_TO_TOKENS,
@@ -240,17 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Imported here: engine_levers imports this module for its own audit lever.
-    from benchmarks import engine_levers
-
     args = build_parser().parse_args(argv)
-    tokenizer = engine_levers.load_tokenizer()
-    system_prompt = engine_levers.build_system_prompt(tokenizer, args.system_prompt_tokens)
-    requests = engine_levers.audit_requests(system_prompt, args.requests, max_tokens=8)
-    token_ids = engine_levers.chat_prompt_token_ids(tokenizer, requests)
+    tokenizer = load_tokenizer()
+    system_prompt = build_system_prompt(
+        tokenizer, args.system_prompt_tokens, shared_dir=args.shared_dir
+    )
+    requests = audit_requests(
+        system_prompt, args.requests, max_tokens=8, shared_dir=args.shared_dir
+    )
+    token_ids = chat_prompt_token_ids(tokenizer, requests)
     hits = queries = None
     if args.measure:
-        measured = engine_levers.measure_audit_on_engine(requests, args.out)
+        measured = measure_audit_on_engine(requests, args.out)
         hits, queries = measured["hit_tokens"], measured["query_tokens"]
     audit = audit_prompts(
         token_ids,

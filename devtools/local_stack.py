@@ -1,13 +1,12 @@
 """Start, wait for, and cleanly stop the local cascade (`serve run configs/local.yaml`).
 
-vLLM's engine processes (`VLLM::EngineCore`, `VLLM::Worker`) outlive `serve shutdown`, a
-killed `serve run` and even `ray stop --force`, each holding GBs of RAM (ENVIRONMENT.md). Every
-stop path here reaps them, so the next run does not start out of memory.
-
-On a cluster the engines have GPU nodes of their own; here they share two cores with the
-gateway (proxy, ingress, router, cache). While the stack runs, the engines' processes are kept
-at the lowest CPU priority (devtools/tier_priority.py), so a burst of requests is admitted or
-refused by the gateway without queueing behind token generation.
+`serve run` starts in a session of its own and is given `RAY_ADDRESS=local`, so it starts a Ray
+cluster of its own (never attaching to one the user runs) whose every process (raylet, GCS,
+Serve replicas, vLLM's engine processes) belongs to that session. Ray puts each worker in a
+process group of its own, but never in another session, so stopping the session reaches them
+all: vLLM's engines outlive `serve shutdown`, a killed `serve run` and `ray stop --force`,
+holding GBs of RAM each, unless someone reaps them. Nothing outside the session is touched:
+another Ray cluster on the machine survives a stop.
 """
 
 from __future__ import annotations
@@ -17,23 +16,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from devtools.tier_priority import ENGINE_TITLES, keep_tiers_at_low_priority
-
 DEFAULT_URL = "http://127.0.0.1:8000"
-ENGINE_PROCESS_MARKERS = (*ENGINE_TITLES, "ray::ServeReplica")
-# Ray Serve's own request-path settings from its "throughput optimized" profile, minus
-# direct ingress (that needs a load balancer in front of the replicas): user code and the
-# handle router on the replica's main event loop instead of threads of their own (fewer
-# cross-thread hand-offs per request), gRPC between proxy and replicas, buffered access logs
-# and a frozen GC after start-up. On the 2-core box a burst of 128 health checks took 955 ms
-# with Serve's defaults and 390-545 ms with these; gRPC alone was a mixed result (faster
-# without a request body, slower with one). Figures: docs/reliability.md, "Overload".
+# Ray Serve's request-path settings, the same as production's (cluster.yaml gives the reason
+# for each): on the 2-core box a burst of 128 health checks took 955 ms with Serve's defaults
+# and 390-545 ms with these (docs/reliability.md, "Overload").
 GATEWAY_TUNING_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
@@ -41,30 +33,100 @@ GATEWAY_TUNING_ENV = {
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
 }
+STOP_GRACE_S = 30.0
 
 
-def reap_engine_processes() -> None:
-    """Kill leftover vLLM engine processes and Ray, whoever started them."""
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
-    for marker in ENGINE_PROCESS_MARKERS:
-        subprocess.run(["pkill", "-9", "-f", marker], capture_output=True, check=False)
+def launch(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Run `command` as the leader of a new session, its output in `log_path`."""
+    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 def start(config_path: str, log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
     env = {
         **GATEWAY_TUNING_ENV,
         **os.environ,  # an operator's own setting of any of these wins
+        "RAY_ADDRESS": "local",
         "HF_HUB_OFFLINE": "1",
         "RAY_SERVE_LOG_TO_STDERR": "1",
     }
-    return subprocess.Popen(
-        ["serve", "run", config_path],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,  # its own process group, so stop() reaches every child
-    )
+    # The `serve` CLI of the Python running this launcher (the project's venv).
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    return launch([serve_cli, "run", config_path], log_path, env)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def session_processes(session_id: int) -> list[int]:
+    """Live processes of a session (zombies excluded: they hold no memory and cannot be killed)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.getsid(int(entry)) == session_id and not _is_zombie(int(entry)):
+                found.append(int(entry))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True
+
+
+def stop_session(session_id: int, grace_s: float = STOP_GRACE_S) -> list[int]:
+    """SIGTERM every process of the session, SIGKILL what is left after `grace_s`.
+
+    Returns the processes that had to be killed. Raises if any survives SIGKILL.
+    """
+    for pid in session_processes(session_id):
+        _signal(pid, signal.SIGTERM)
+    if wait_until(lambda: not session_processes(session_id), grace_s):
+        return []
+    stubborn = session_processes(session_id)
+    for pid in stubborn:
+        _signal(pid, signal.SIGKILL)
+    if not wait_until(lambda: not session_processes(session_id), grace_s):
+        raise RuntimeError(f"processes {session_processes(session_id)} survived SIGKILL")
+    return stubborn
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> list[int]:
+    """Stop a stack started by `start`: `serve run` first (it shuts Serve and its Ray down),
+    then whatever of its session outlived it. Returns the processes that needed SIGKILL."""
+    if process is None:
+        return []
+    session_id = process.pid  # the session leader's pid names the session
+    if process.poll() is None:
+        # SIGTERM, not SIGINT: a backgrounded `serve run` inherits an ignored SIGINT.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return stop_session(session_id)
 
 
 def _tier_answers(client: httpx.Client, model: str) -> bool:
@@ -94,31 +156,14 @@ def wait_ready(
     return time.monotonic() - started
 
 
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        # SIGTERM, not SIGINT: a backgrounded `serve run` inherits an ignored SIGINT.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    reap_engine_processes()
-
-
-def keep_engines_behind_gateway(process: subprocess.Popen[bytes]) -> threading.Event:
-    """Keep the tiers of the `serve run` in `process` below its gateway's CPU priority until
-    the returned event is set. `start` made that `serve run` lead the gateway's session."""
-    return keep_tiers_at_low_priority(gateway_session=os.getsid(process.pid))
-
-
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Run the cascade locally (serve run) until Ctrl-C, then reap vLLM."
+        description="Run the cascade locally (serve run) until Ctrl-C or SIGTERM, then stop "
+        "every process it started (Ray and vLLM's engines included) and nothing else."
     )
     parser.add_argument("config", nargs="?", default="configs/local.yaml")
     parser.add_argument("--log", default="serve_run.log", help="where serve run's output goes")
@@ -126,29 +171,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", nargs="*", default=["cascade-small", "cascade-large"], help="tiers to await"
     )
-    parser.add_argument(
-        "--no-tier-priority",
-        action="store_true",
-        help="leave the engines at Ray's CPU priority (default: lowest, so the gateway is served "
-        "first on a shared box)",
-    )
     args = parser.parse_args(argv)
     # Stop cleanly on Ctrl-C and on `kill`, even when started in the background.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    reap_engine_processes()
     process = start(args.config, Path(args.log))
     print(f"starting the cascade (serve run {args.config}); log: {args.log}", flush=True)
     try:
         seconds = wait_ready(process, DEFAULT_URL, args.models, args.timeout_s)
         print(f"ready after {seconds:.0f} s: OpenAI API on {DEFAULT_URL}/v1 (Ctrl-C stops)")
-        if not args.no_tier_priority:
-            keep_engines_behind_gateway(process)
         process.wait()
     except KeyboardInterrupt:
-        print("stopping")
+        print("stopping", flush=True)
     finally:
-        stop(process)
+        # Ignore further signals while stopping, so a second Ctrl-C cannot orphan the engines.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        killed = stop(process)
+        print(f"stopped ({len(killed)} processes needed SIGKILL)", flush=True)
     sys.exit(process.returncode or 0)
 
 

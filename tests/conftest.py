@@ -32,7 +32,6 @@ def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield os.environ["CASCADE_URL"]
         return
     log_path = tmp_path_factory.mktemp("stack") / "serve_run.log"
-    local_stack.reap_engine_processes()
     process = local_stack.start(str(LOCAL_CONFIG), log_path)
     try:
         seconds = local_stack.wait_ready(
@@ -43,10 +42,9 @@ def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         local_stack.stop(process)
         print(log_path.read_text(errors="replace")[-20000:])
         raise
-    # As `python -m devtools.local_stack` runs it: engines at the lowest CPU priority.
-    priority_keeper = local_stack.keep_engines_behind_gateway(process)
     yield local_stack.DEFAULT_URL
-    priority_keeper.set()
+    # As `make run` stops: nothing of the stack may outlive it (stop raises if anything does),
+    # and nothing else on the machine is touched.
     local_stack.stop(process)
 
 

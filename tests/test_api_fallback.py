@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from benchmarks.faults import connect_to_stack
 from tests.helpers import chat_body
 
 # The small tier needs a few seconds for 256 tokens on CPU; kill it after this much.
@@ -59,7 +60,7 @@ def test_escalated_stream_never_shows_small_tier_text(http: httpx.Client) -> Non
 def test_routed_requests_survive_a_killed_router_replica(http: httpx.Client) -> None:
     import ray
 
-    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    connect_to_stack(str(http.base_url))
     try:
         (router,) = [
             actor
@@ -132,7 +133,7 @@ def test_small_tier_dying_mid_answer_fails_over_to_large(http: httpx.Client) -> 
 
     # ignore_eos keeps the small tier busy long enough to be killed mid-answer.
     body = _chat("Write a story about a dog.", max_tokens=256, ignore_eos=True)
-    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    connect_to_stack(str(http.base_url))
     try:
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(http.post, "/v1/chat/completions", json=body)

@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cache_benchmark import (
-    NEAR_MISS_KINDS,
-    STORE_NAMES,
-    BenchmarkOptions,
-    Pair,
-    build_parser,
-    evaluate_pairs,
-    format_report,
-    load_pairs,
-    options_from_args,
-    plot_report,
-    run_benchmark,
-    write_report,
-)
+from benchmarks.cache_benchmark import build_parser, options_from_args, run_benchmark
+from benchmarks.cache_hit_rates import evaluate_pairs
+from benchmarks.cache_latency import STORE_NAMES
+from benchmarks.cache_options import BenchmarkOptions
+from benchmarks.cache_pairs import NEAR_MISS_KINDS, Pair, load_pairs
+from benchmarks.cache_report import format_report, plot_report, write_report
 from serve_app.cache.deployment import SentenceTransformerEmbedder
 from serve_app.config import CacheConfig
 

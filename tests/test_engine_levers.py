@@ -17,15 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.engine_levers import (
-    LeverOptions,
-    build_parser,
-    options_from_args,
-    output_lengths,
-    plot_report,
-    run_benchmark,
-    write_report,
-)
+from benchmarks.engine_levers import build_parser, options_from_args, run_benchmark
+from benchmarks.engine_plan import LeverOptions
+from benchmarks.engine_report import plot_report, write_report
+from benchmarks.engine_workloads import output_lengths
 from benchmarks.prompt_audit import audit_prompts, shared_prefix_length, tier_input_prices
 
 

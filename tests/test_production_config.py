@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -265,27 +263,29 @@ def test_cluster_yaml_is_a_valid_cluster_launcher_config() -> None:
     assert any("[gpu]" in command for command in config["setup_commands"])
 
 
-def test_cluster_nodes_start_ray_with_the_same_serve_tuning_as_the_local_stack() -> None:
-    from devtools.local_stack import GATEWAY_TUNING_ENV
+def _serve_settings(env: dict[str, str | None]) -> dict[str, str | None]:
+    return {k: v for k, v in env.items() if k.startswith("RAY_SERVE_")}
 
+
+def _cluster_yaml_ray_env(key: str) -> dict[str, str | None]:
     config = yaml.safe_load(CLUSTER.read_text())
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        start = next(command for command in config[key] if "ray start" in command)
-        export = next(part for part in start.split("&&") if part.split()[0] == "export")
-        exported = dict(word.split("=", 1) for word in export.split()[1:])
-        assert exported == GATEWAY_TUNING_ENV, key
+    start = next(command for command in config[key] if "ray start" in command)
+    export = next(part for part in start.split("&&") if part.split()[0] == "export")
+    return dict(word.split("=", 1) for word in export.split()[1:])
 
 
-@pytest.mark.parametrize("manifest", [RAYSERVICE, RAYSERVICE_MIG], ids=lambda p: p.name)
-def test_every_rayservice_container_gets_the_same_serve_tuning(manifest: Path) -> None:
-    from devtools.local_stack import GATEWAY_TUNING_ENV
-
-    cluster = yaml.safe_load(manifest.read_text())["spec"]["rayClusterConfig"]
-    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    for group in groups:
-        for container in group["template"]["spec"]["containers"]:
-            env = {e["name"]: e.get("value") for e in container["env"]}
-            assert {k: env.get(k) for k in GATEWAY_TUNING_ENV} == GATEWAY_TUNING_ENV
+def test_every_production_node_starts_ray_with_the_same_serve_settings() -> None:
+    """cluster.yaml's head and workers and every RayService container agree: a replica that
+    moves to another node (or the other deployment method) keeps the same request path."""
+    reference = _serve_settings(_cluster_yaml_ray_env("head_start_ray_commands"))
+    assert reference, "cluster.yaml exports no Ray Serve settings"
+    assert _serve_settings(_cluster_yaml_ray_env("worker_start_ray_commands")) == reference
+    for manifest in (RAYSERVICE, RAYSERVICE_MIG):
+        cluster = yaml.safe_load(manifest.read_text())["spec"]["rayClusterConfig"]
+        for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+            for container in group["template"]["spec"]["containers"]:
+                env = {e["name"]: e.get("value") for e in container["env"]}
+                assert _serve_settings(env) == reference, (manifest.name, container["name"])
 
 
 def test_cluster_gpu_types_serve_on_demand_and_spot_only_does_batch() -> None:
@@ -367,39 +367,3 @@ def test_tiers_skip_the_node_download_only_for_a_local_model_on_this_node(
         assert callback.ctx.run_init_node is downloads
     finally:
         ray.util.remove_placement_group(group)
-
-
-def test_only_cpu_tiers_start_a_session_of_their_own_before_vllm_starts() -> None:
-    from serve_app.tiers.deployment import (
-        CpuTierCallback,
-        SkipNodeInitForLocalModel,
-        llm_config_for_tier,
-    )
-
-    for path, callback in ((LOCAL, CpuTierCallback), (PRODUCTION, SkipNodeInitForLocalModel)):
-        for tier in CascadeConfig.model_validate(_args(path)).tiers.values():
-            llm_config = llm_config_for_tier(tier, resolve_packaged=False)
-            expected = f"serve_app.tiers.deployment:{callback.__name__}"
-            assert llm_config.callback_config.callback_class == expected, path.name
-    # The callback runs in the LLMServer replica, which Ray starts as a process-group leader.
-    replica = subprocess.run(
-        [sys.executable, "-c", _RUN_CPU_TIER_CALLBACK, str(LOCAL)],
-        capture_output=True,
-        process_group=0,
-        timeout=120,
-        check=True,
-    )
-    assert replica.stdout.split()[-1] == b"session-leader"
-
-
-_RUN_CPU_TIER_CALLBACK = """
-import asyncio, os, sys, yaml
-from serve_app.config import CascadeConfig
-from serve_app.tiers.deployment import CpuTierCallback, llm_config_for_tier
-args = yaml.safe_load(open(sys.argv[1]))["applications"][0]["args"]
-tier = CascadeConfig.model_validate(args).tiers["small"]
-llm_config = llm_config_for_tier(tier, resolve_packaged=False)
-callback = CpuTierCallback(llm_config, ctx_kwargs={"placement_group": None})
-asyncio.run(callback.on_before_node_init())
-print("session-leader" if os.getsid(0) == os.getpid() else "same-session")
-"""

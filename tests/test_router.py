@@ -12,14 +12,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from router_training.config import LexicalPriorConfig
 from router_training.lexical import fit_lexical_prior
 from serve_app.config import RouterConfig
-from serve_app.routing.router import (
-    ROUTER_CARD_FILE,
-    HeuristicScorer,
-    RouteDecision,
-    Router,
-    ServedRouter,
-    routing_text,
-)
+from serve_app.routing.router import Router, ServedRouter
+from serve_app.routing.scorers import ROUTER_CARD_FILE, HeuristicScorer, RouteDecision
+from serve_app.routing.text import routing_text
 
 EASY = "hi, what is 2+2?"
 HARD = (

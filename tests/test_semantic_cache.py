@@ -15,14 +15,11 @@ from typing import Any
 import pytest
 
 from serve_app.cache.deployment import CacheLookup, SemanticCache, SentenceTransformerEmbedder
+from serve_app.cache.edge_store import EdgeCacheStore
 from serve_app.cache.keys import CacheKey, cache_key_for_request
-from serve_app.cache.store import (
-    CacheStore,
-    CacheStoreError,
-    EdgeCacheStore,
-    QdrantServerCacheStore,
-    make_cache_store,
-)
+from serve_app.cache.server_store import QdrantServerCacheStore
+from serve_app.cache.store import CacheStore, CacheStoreError
+from serve_app.cache.store_factory import make_cache_store
 from serve_app.config import CacheConfig
 
 DEFAULT_THRESHOLD = CacheConfig().similarity_threshold
@@ -532,11 +529,11 @@ def test_make_cache_store_builds_local_qdrant_and_checks_the_key(
 def test_expired_closer_entry_neither_served_nor_hides_a_live_one(
     store: CacheStore, embedder: SentenceTransformerEmbedder
 ) -> None:
-    from benchmarks.cache_benchmark import _synthetic_entry
+    from benchmarks.cache_latency import synthetic_entry
 
     question = embedder.embed(QUESTION)
-    live = _synthetic_entry(1, 0)
-    expired = dataclasses.replace(_synthetic_entry(2, 0), expires_at_s=live.created_at_s - 1)
+    live = synthetic_entry(1, 0)
+    expired = dataclasses.replace(synthetic_entry(2, 0), expires_at_s=live.created_at_s - 1)
     store.upsert(embedder.embed(PARAPHRASE), live)
     store.upsert(question, expired)  # identical vector: the closest candidate
 

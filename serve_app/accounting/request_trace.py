@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from serve_app.accounting.cost_model import RequestCost
 from serve_app.config import TierName
-from serve_app.gateway.auth import Caller
+from serve_app.protocol.caller import Caller
 
 
 @dataclass

@@ -16,8 +16,8 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.accounting.metrics import IngressMetrics
 from serve_app.cache.keys import CacheKey, cache_key_for_request
 from serve_app.config import CacheConfig
-from serve_app.gateway.request_limits import seconds_header
 from serve_app.protocol.errors import DEPLOYMENT_CALL_FAILURES
+from serve_app.protocol.headers import seconds_header
 from serve_app.protocol.openai_api import Answer, RequestKind
 
 logger = logging.getLogger("ray.serve")

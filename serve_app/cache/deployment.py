@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from devtools.models import resolve_model_source
 from serve_app.accounting.metrics import CacheMetrics
 from serve_app.cache.keys import CacheKey
 from serve_app.cache.near_miss_guard import rejection_reason
-from serve_app.cache.store import CacheError, CacheStore, StoredAnswer, make_cache_store
+from serve_app.cache.store import CacheError, CacheStore, StoredAnswer
+from serve_app.cache.store_factory import make_cache_store
 from serve_app.config import CacheConfig
+from serve_app.model_sources import resolve_model_source
 
 logger = logging.getLogger(__name__)
 

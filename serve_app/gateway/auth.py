@@ -12,11 +12,11 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serve_app.config import ApiKeyConfig, AuthConfig
+from serve_app.protocol.caller import Caller
 from serve_app.protocol.errors import AuthenticationError, RateLimitError
 
 ANONYMOUS_TENANT = "anonymous"
@@ -38,10 +38,6 @@ def _keys_from_file(env_name: str | None) -> list[ApiKeyConfig]:
     return [ApiKeyConfig.model_validate(entry) for entry in json.loads(Path(path).read_text())]
 
 
-@dataclass(frozen=True)
-class Caller:
-    tenant: str
-    key: ApiKeyConfig | None
 
 
 class Authenticator:

@@ -12,6 +12,7 @@ from fastapi import Request
 
 from serve_app.config import LimitsConfig
 from serve_app.protocol.errors import InvalidRequestError, PayloadTooLargeError
+from serve_app.protocol.headers import seconds_header
 from serve_app.protocol.openai_api import RequestKind
 
 
@@ -53,18 +54,6 @@ def check_request_limits(
 CLIENT_TIMEOUT_HEADER = "x-cascade-timeout-s"
 
 
-def seconds_header(headers: Any, name: str) -> float | None:
-    """A client header holding a positive number of seconds; None when absent, 400 when bad."""
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError as e:
-        raise InvalidRequestError(f"{name} must be a number of seconds.") from e
-    if not seconds > 0:
-        raise InvalidRequestError(f"{name} must be a positive number.")
-    return seconds
 
 
 def request_timeout_s(headers: Any, configured_s: float) -> float:

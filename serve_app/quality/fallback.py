@@ -32,7 +32,7 @@ from serve_app.protocol.openai_api import (
 )
 from serve_app.quality.checks import QualityGate
 from serve_app.quality.circuit_breaker import CircuitBreaker
-from serve_app.routing.router import routing_text
+from serve_app.routing.text import routing_text
 from serve_app.tiers.client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")

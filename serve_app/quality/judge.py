@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serve_app.routing.router import ClassifierScorer
+from serve_app.quality.judge_format import judge_text
+from serve_app.routing.scorers import ClassifierScorer
 
 if TYPE_CHECKING:
     from ray.serve.metrics import Counter
@@ -30,22 +31,8 @@ DEFAULT_JUDGE_THRESHOLD = 0.5
 _JUDGE_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, KeyError, RuntimeError)
 
 
-def judge_text(prompt: str, answer: str) -> str:
-    """The one text the judge classifier reads, at training and at serving time.
-
-    The answer comes first, so truncation at max_length cuts the end of a long question, never
-    the answer being judged. Without an answer (outcome data that records only correctness,
-    such as RouteLLM's MMLU files) the text is the prompt alone: such a judge sees the question,
-    not the answer.
-    """
-    answer = answer.strip()
-    if not answer:
-        return prompt
-    return f"Answer: {answer}\n\nQuestion: {prompt}"
-
-
 def judge_failures_counter() -> Counter:
-    # Imported here so training code can use judge_text without importing Ray.
+    # Imported here so that importing the judge does not import Ray.
     from ray.serve.metrics import Counter
 
     return Counter(

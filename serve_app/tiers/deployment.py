@@ -6,20 +6,16 @@ The same function builds the CPU tiers of `configs/local.yaml` and the GPU tiers
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import ray
-from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from devtools.models import resolve_model_source
-from devtools.tier_priority import start_own_session
 from serve_app.config import TierConfig, TierName
-
-logger = logging.getLogger("ray.serve")
+from serve_app.model_sources import resolve_model_source
+from serve_app.tiers.ray_llm_internals import CallbackBase
 
 
 class SkipNodeInitForLocalModel(CallbackBase):
@@ -28,7 +24,7 @@ class SkipNodeInitForLocalModel(CallbackBase):
     Before starting vLLM, every LLMServer replica runs a Ray task on each node of its
     placement group to fetch the model. For a model that is already a directory on this
     node (the packaged CPU models), that task only returns the same path, yet it costs a
-    fresh worker process: ~14 s of a replica's restart under load on the 2-core box. A
+    fresh worker process: ~14 s of a replica's restart under load on a 2-core box. A
     placement group that reaches another node, or a hub/S3 source, still gets the step.
     """
 
@@ -45,34 +41,17 @@ class SkipNodeInitForLocalModel(CallbackBase):
         return nodes == {ray.get_runtime_context().get_node_id()}
 
 
-class CpuTierCallback(SkipNodeInitForLocalModel):
-    """A CPU tier's replica also starts a session of its own before vLLM starts.
-
-    Its engines inherit that session, so on a box they share with the gateway the local
-    stack can lower the whole tier's CPU share without lowering the gateway's (the kernel
-    shares the CPU between sessions before it looks at niceness: devtools/tier_priority.py).
-    """
-
-    async def on_before_node_init(self) -> None:
-        if not start_own_session():
-            logger.warning(
-                "This tier's replica could not start a session of its own; its engines share "
-                "the gateway's CPU group and their low priority will not reach past it."
-            )
-        await super().on_before_node_init()
-
-
 def llm_config_for_tier(tier: TierConfig, *, resolve_packaged: bool = True) -> LLMConfig:
     """Translate our tier config into Ray Serve LLM's LLMConfig."""
     source = resolve_model_source(tier.model_source) if resolve_packaged else tier.model_source
+    callback = f"{SkipNodeInitForLocalModel.__module__}:{SkipNodeInitForLocalModel.__name__}"
     options: dict[str, Any] = {
         "model_loading_config": {"model_id": tier.model_id, "model_source": source},
         "engine_kwargs": dict(tier.engine_kwargs),
         "deployment_config": dict(tier.deployment_config),
         "runtime_env": {"env_vars": dict(tier.env_vars)} if tier.env_vars else None,
+        "callback_config": {"callback_class": callback},
     }
-    callback = CpuTierCallback if tier.accelerator == "cpu" else SkipNodeInitForLocalModel
-    options["callback_config"] = {"callback_class": f"{__name__}:{callback.__name__}"}
     if tier.accelerator == "cpu":
         options["accelerator_config"] = {"kind": "cpu"}
     elif tier.accelerator_type:

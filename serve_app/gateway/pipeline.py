@@ -1,0 +1,351 @@
+"""The request path of the cascade, behind the OpenAI HTTP routes (gateway/ingress.py).
+
+cache lookup ‖ routing → tier → quality gate (escalate small→large) → cache store → headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.accounting.cost_model import CostLedger, RequestCost, TierPrice, cpu_usd
+from serve_app.accounting.metrics import IngressMetrics
+from serve_app.accounting.request_trace import RequestTrace
+from serve_app.cache.client import CacheClient, CacheTicket
+from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
+from serve_app.gateway.admission import AdmissionGate
+from serve_app.gateway.auth import Authenticator, RateLimiter
+from serve_app.gateway.request_limits import check_request_limits, read_body, request_timeout_s
+from serve_app.protocol.errors import (
+    DEPLOYMENT_CALL_FAILURES,
+    CascadeError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+    RequestTimeoutError,
+)
+from serve_app.protocol.openai_api import (
+    Answer,
+    RequestKind,
+    client_wants_usage_chunk,
+    parse_request_body,
+    replay_as_sse,
+    response_json,
+)
+from serve_app.quality.fallback import TierFallback
+from serve_app.routing.router import Router
+from serve_app.routing.text import routing_text
+from serve_app.tiers.client import TierClient
+
+logger = logging.getLogger("ray.serve")
+
+
+def _context_limits(config: CascadeConfig) -> dict[TierName | None, int | None]:
+    """Context length a request must fit, by pinned tier; None (routed): the smaller of both."""
+
+    def limit(tiers: list[TierName]) -> int | None:
+        lengths = [config.tiers[t].engine_kwargs.get("max_model_len") for t in tiers]
+        known = [int(length) for length in lengths if length]
+        return min(known) if known else None
+
+    limits: dict[TierName | None, int | None] = {t: limit([t]) for t in TIER_NAMES}
+    limits[None] = limit(list(TIER_NAMES))
+    return limits
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve a dropped task's outcome so a late router error is not logged as unhandled."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _iterate(events: list[str]) -> AsyncIterator[str]:
+    for event in events:
+        yield event
+
+
+def _sse_response(
+    events: AsyncIterator[str], trace: RequestTrace, *, cost_final: bool = True
+) -> StreamingResponse:
+    headers = trace.headers()
+    # A relayed stream's cost is known only at its end, after the headers have left.
+    headers["x-cascade-cost-final"] = "true" if cost_final else "false"
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+QualityMode = Literal["off", "hold", "relay"]
+QUALITY_MODE_HEADER = "x-cascade-quality"
+_QUALITY_MODES: tuple[QualityMode, ...] = ("off", "hold", "relay")
+
+
+def _quality_mode(config: QualityConfig, headers: Any) -> QualityMode:
+    """This request's quality gate: the config's, or the client's `x-cascade-quality` header.
+
+    `hold` judges a routed small-tier answer before any byte leaves; `relay` streams it as it
+    comes (errors before the first token still fail over; non-streamed answers are still
+    judged); `off` skips the quality checks altogether.
+    """
+    default: QualityMode = config.stream_mode if config.enabled else "off"
+    asked = headers.get(QUALITY_MODE_HEADER)
+    if asked is None or not config.allow_client_override:
+        return default
+    mode = asked.strip().lower()
+    if mode not in _QUALITY_MODES:
+        raise InvalidRequestError(
+            f"{QUALITY_MODE_HEADER} must be one of {', '.join(_QUALITY_MODES)}; got {asked!r}.",
+            param=QUALITY_MODE_HEADER,
+        )
+    return mode  # type: ignore[return-value]
+
+
+class RequestPipeline:
+    """One request's way through the cascade, behind the HTTP routes of `CascadeIngress`:
+    admission, auth and limits, cache lookup while routing, the tier call with its quality
+    gate and fallback, cache store, cost and metrics."""
+
+    def __init__(
+        self,
+        config: CascadeConfig,
+        *,
+        tiers: dict[TierName, TierClient],
+        router: DeploymentHandle,
+        cache: CacheClient | None,
+        metrics: IngressMetrics,
+    ):
+        self.config = config
+        self.router = router
+        self.cache = cache
+        self.metrics = metrics
+        self.context_limits = _context_limits(config)
+        self.fallback_router = Router({"threshold": config.router.threshold})
+        self.auth = Authenticator(config.auth)
+        self.rate_limiter = RateLimiter()
+        self.prices = {name: TierPrice.from_config(config.tiers[name].cost) for name in TIER_NAMES}
+        self.fallback = TierFallback(tiers, self.prices, config.quality)
+        self.ledger = CostLedger()
+        self.ledger_since_s = time.time()
+        self.admission = AdmissionGate(
+            config.ingress.max_in_flight,
+            retry_after_s=config.ingress.overload_retry_after_s,
+            on_change=metrics.in_flight.set,
+        )
+
+    async def handle(self, request: Request, kind: RequestKind) -> Response:
+        started_s: float | None = None
+        streaming = completed = False
+        try:
+            started_s = self.admission.enter()
+            response = await self._answer_request(request, kind)
+            if isinstance(response, StreamingResponse):
+                response.body_iterator = self.admission.release_after(
+                    response.body_iterator, started_s
+                )
+                streaming = True
+            completed = True
+            return response
+        except CascadeError as error:
+            self.metrics.errors.inc(tags={"status": str(error.status_code)})
+            if isinstance(error, OverloadedError) and started_s is not None:
+                # A full tier queue (the gate's own refusals already carry this Retry-After):
+                # send clients away for as long as answers actually take.
+                raise self.admission.overloaded(error.message) from error
+            raise
+        finally:
+            if started_s is not None and not streaming:
+                self.admission.leave(started_s, completed=completed)
+
+    async def _answer_request(self, request: Request, kind: RequestKind) -> Response:
+        started_s = time.perf_counter()
+        raw = await read_body(request, self.config.limits)
+        caller = self.auth.authenticate(request.headers)
+        self.rate_limiter.admit(caller)
+        body = parse_request_body(raw, kind, max_depth=self.config.limits.max_json_depth)
+        timeout_s = request_timeout_s(request.headers, self.config.ingress.request_timeout_s)
+        pinned_tier = self._pinned_tier(body["model"])
+        quality_mode = _quality_mode(self.config.quality, request.headers)
+        check_request_limits(body, kind, self.config.limits, self.context_limits[pinned_tier])
+        trace = RequestTrace(
+            pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]), caller=caller
+        )
+        ticket = None
+        if self.cache is not None:
+            ticket = self.cache.ticket(body, kind, tenant=caller.tenant, headers=request.headers)
+        # Route while the cache looks up; a hit answers at once and drops the routing.
+        routing = asyncio.ensure_future(self._route(body, kind, pinned_tier, trace))
+        lookup = await self._lookup(ticket, trace)
+        if lookup is not None:
+            routing.cancel()
+            routing.add_done_callback(_discard_outcome)
+            self._record(trace, started_s, streamed=bool(body.get("stream")))
+            return self._cached_response(lookup, body, kind, trace)
+        trace.tier = await routing
+        trace.deadline_s = time.monotonic() + timeout_s
+        try:
+            # On expiry the tier call is cancelled, which aborts the generation in the engine.
+            async with asyncio.timeout(timeout_s):
+                if body.get("stream"):
+                    return await self._stream(body, kind, trace, ticket, started_s, quality_mode)
+                response = await self._complete(body, kind, trace, ticket, started_s, quality_mode)
+        except TimeoutError as e:
+            raise RequestTimeoutError(f"The request did not finish within {timeout_s:g} s.") from e
+        self._record(trace, started_s)
+        return response
+
+    def _record(self, trace: RequestTrace, started_s: float, *, streamed: bool = False) -> None:
+        """Count a finished request; a replayed stream's first token comes at the very end."""
+        latency_s = time.perf_counter() - started_s
+        split = self.metrics.record(trace, latency_s)
+        self.ledger.add(trace.cost, split, escalated=trace.escalated)
+        if trace.caller is not None:
+            tokens = sum(u.prompt_tokens + u.completion_tokens for u in trace.cost.tiers)
+            self.rate_limiter.charge_tokens(trace.caller, tokens)
+        if streamed:
+            self.metrics.observe_ttft(trace, latency_s)
+
+    def _pinned_tier(self, model: str) -> TierName | None:
+        if model == self.config.ingress.cascade_model_id:
+            return None
+        tier = self.config.tier_for_model(model)
+        if tier is None:
+            available = [self.config.ingress.cascade_model_id]
+            available += [t.model_id for t in self.config.tiers.values()]
+            raise ModelNotFoundError(model, available)
+        return tier
+
+    async def _lookup(self, ticket: CacheTicket | None, trace: RequestTrace) -> Answer | None:
+        if ticket is None or self.cache is None:
+            trace.cache = "bypass"
+            return None
+        result = await self.cache.lookup(ticket)
+        if result is None:
+            trace.cache = "error"
+            return None
+        stored = result.answer
+        if stored is None:
+            trace.cache = "error" if result.kind == "error" else "miss"
+            trace.cost.charge_cache_lookup(self._cpu_usd(result.latency_ms))
+            return None
+        trace.cache = "hit"
+        trace.tier = stored.tier
+        trace.cost.charge_cache_hit(
+            self._cpu_usd(result.latency_ms), stored.prompt_tokens, stored.completion_tokens
+        )
+        return Answer(
+            text=stored.answer_text,
+            finish_reason=stored.finish_reason,
+            prompt_tokens=stored.prompt_tokens,
+            completion_tokens=stored.completion_tokens,
+            model=self.config.tiers[stored.tier].model_id,
+        )
+
+    async def _route(
+        self, body: dict[str, Any], kind: RequestKind, pinned: TierName | None, trace: RequestTrace
+    ) -> TierName:
+        if pinned is not None:
+            return pinned
+        text = routing_text(body, kind)
+        try:
+            decision = await self.router.route.remote(text)
+        except DEPLOYMENT_CALL_FAILURES as e:
+            # Router down: the documented heuristic, computed here, keeps requests flowing.
+            logger.warning("Router unavailable (%s); routing with the heuristic", type(e).__name__)
+            self.metrics.router_fallbacks.inc()
+            decision = await self.fallback_router.route(text)
+        trace.routed_to = decision.tier
+        trace.route_score = decision.score
+        trace.cost.charge_router(self._cpu_usd(decision.latency_ms))
+        return decision.tier
+
+    def _cpu_usd(self, latency_ms: float) -> float:
+        """Price of CPU work (cache lookup, routing) at the configured CPU core price."""
+        return cpu_usd(self.config.ingress.cpu_usd_per_hour, latency_ms / 1000)
+
+    def _cached_response(
+        self, answer: Answer, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
+    ) -> Response:
+        if body.get("stream"):
+            events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
+            return _sse_response(_iterate(events), trace)
+        return JSONResponse(response_json(answer, kind), headers=trace.headers())
+
+    # ---- non-streamed ------------------------------------------------------------------
+
+    async def _complete(
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        ticket: CacheTicket | None,
+        started_s: float,
+        quality_mode: QualityMode,
+    ) -> Response:
+        check_quality = quality_mode != "off"
+        response, answer = await self.fallback.answer(
+            body, kind, trace, check_quality=check_quality
+        )
+        self._store(ticket, answer, trace)
+        self._note_gateway_time(trace, started_s)
+        return JSONResponse(response, headers=trace.headers())
+
+    def _note_gateway_time(self, trace: RequestTrace, started_s: float) -> None:
+        trace.note_gateway_time(started_s, time.perf_counter())
+        self.metrics.observe_gateway_overhead(trace)
+
+    def _store(self, ticket: CacheTicket | None, answer: Answer, trace: RequestTrace) -> None:
+        if ticket is not None and self.cache is not None and trace.tier is not None:
+            self.cache.store(ticket, answer, trace.tier)
+
+    # ---- streamed ----------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        ticket: CacheTicket | None,
+        started_s: float,
+        quality_mode: QualityMode,
+    ) -> Response:
+        if not trace.pinned and trace.tier == "small" and quality_mode == "hold":
+            # Hold the small tier's answer until the gate has judged it, so the client never
+            # sees small-tier text that an escalation would then replace.
+            # An escalated answer was generated non-streamed by the large tier; replay it too.
+            _, answer = await self.fallback.answer(body, kind, trace)
+            self._store(ticket, answer, trace)
+            self._note_gateway_time(trace, started_s)
+            self._record(trace, started_s, streamed=True)
+            events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
+            return _sse_response(_iterate(events), trace)
+        stream = await self.fallback.open_stream(body, kind, trace)
+        self.metrics.observe_ttft(trace, time.perf_counter() - started_s)
+        self._note_gateway_time(trace, started_s)
+        relay = self._relay(stream, body, trace, ticket, started_s)
+        return _sse_response(relay, trace, cost_final=False)
+
+    async def _relay(
+        self,
+        stream: Any,
+        body: dict[str, Any],
+        trace: RequestTrace,
+        ticket: CacheTicket | None,
+        started_s: float,
+    ) -> AsyncIterator[str]:
+        wants_usage = client_wants_usage_chunk(body)
+        async for event, payload in stream.events():
+            if payload is not None and not payload.get("choices") and payload.get("usage"):
+                if not wants_usage:
+                    continue
+            yield event
+        answer = stream.answer()
+        trace.cost.charge_tier(
+            trace.tier, self.prices[trace.tier], answer.prompt_tokens, answer.completion_tokens
+        )
+        self._store(ticket, answer, trace)
+        self._record(trace, started_s)

