@@ -9,6 +9,11 @@ from serve_app.protocol.errors import TierUnavailableError
 
 GOOD = "The capital of France is Paris, a city on the Seine known for its museums."
 
+# Body fields that make the local tiers (SmolLM2) answer with nothing: their end-of-turn token
+# `<|im_end|>` (id 2) is made certain, so the answer is empty, which the quality gate escalates.
+# (A short max_tokens no longer does: an answer cut at the client's own limit is kept.)
+EMPTY_ANSWER = {"logit_bias": {"2": 100}}
+
 
 def chat_body(content: str, **overrides: Any) -> dict[str, Any]:
     """A deterministic, routed chat request with room for a complete short answer."""
@@ -29,11 +34,14 @@ class ScriptedTier:
     cannot be told to produce; the fallback, gate and breakers under test are ours.
     """
 
-    def __init__(self, model: str, *, delay_s: float = 0.0, text: str = GOOD) -> None:
+    def __init__(self, model: str, *, delay_s: float = 0.0, text: str | None = GOOD) -> None:
         self.model = model
         self.delay_s = delay_s
         self.text = text
         self.finish_reason = "stop"
+        self.tool_calls: list[dict[str, Any]] = []
+        self.prompt_tokens = 10
+        self.completion_tokens = 16
         self.failing = False
         self.calls = 0
         self.cancelled = 0
@@ -47,12 +55,17 @@ class ScriptedTier:
             raise
         if self.failing:
             raise TierUnavailableError(f"Tier {self.model} is unavailable: replica died")
-        message = {"role": "assistant", "content": self.text}
+        message = {"role": "assistant", "content": self.text, "tool_calls": self.tool_calls}
+        usage = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
         return {
             "id": "chatcmpl-1",
             "object": "chat.completion",
             "created": 0,
             "model": self.model,
             "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26},
+            "usage": usage,
         }

@@ -412,7 +412,7 @@ def test_nondeterministic_requests_are_cached_when_configured() -> None:
     assert key is not None
 
 
-@pytest.mark.parametrize("finish_reason", ["length", "content_filter", None])
+@pytest.mark.parametrize("finish_reason", ["content_filter", "tool_calls", None])
 def test_incomplete_answers_are_not_stored(cache: SemanticCache, finish_reason: str | None) -> None:
     key = key_for(chat(QUESTION))
 
@@ -427,6 +427,19 @@ def test_incomplete_answers_are_not_stored(cache: SemanticCache, finish_reason: 
         )
     )
     assert lookup(cache, key).kind == "miss"
+
+
+def test_an_answer_cut_at_the_clients_max_tokens_is_replayed_as_cut(cache: SemanticCache) -> None:
+    # The ingress stores a `length` answer only when the client's own max_tokens cut it
+    # (quality/cache_policy.py); max_tokens is part of the partition.
+    key = key_for(chat(QUESTION, max_tokens=8))
+
+    assert store_answer(cache, key, text="The capital of France is", finish_reason="length")
+    result = lookup(cache, key)
+
+    assert result.kind == "exact"
+    assert result.answer.finish_reason == "length"
+    assert lookup(cache, key_for(chat(QUESTION, max_tokens=9))).kind == "miss"
 
 
 def test_empty_answers_are_not_stored(cache: SemanticCache) -> None:

@@ -207,8 +207,10 @@ class SemanticCache:
         if self._embedder is None or self._store is None:
             return False
         # Only whole answers: a truncated or filtered answer replayed later would look like a
-        # model that always stops mid-sentence.
-        if finish_reason != "stop" or not answer_text.strip():
+        # model that always stops mid-sentence. A `length` answer comes here only when it was
+        # cut at the client's own max_tokens (the ingress's rule, quality/cache_policy.py),
+        # which is part of the partition: complete for every request that can hit it.
+        if finish_reason not in ("stop", "length") or not answer_text.strip():
             self._counts["store_skipped"] += 1
             self._metrics.stores.inc(tags={"outcome": "skipped"})
             return False
@@ -220,7 +222,7 @@ class SemanticCache:
             tenant=key.tenant,
             model=key.model,
             answer_text=answer_text,
-            finish_reason="stop",
+            finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             tier=tier,

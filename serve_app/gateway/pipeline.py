@@ -37,8 +37,11 @@ from serve_app.protocol.openai_api import (
     client_wants_usage_chunk,
     parse_request_body,
     replay_as_sse,
+    requested_max_tokens,
+    response_as_sse,
     response_json,
 )
+from serve_app.quality.cache_policy import uncacheable_reason
 from serve_app.quality.fallback import TierFallback
 from serve_app.routing.router import Router
 from serve_app.routing.text import routing_text
@@ -128,7 +131,12 @@ class RequestPipeline:
         self.auth = Authenticator(config.auth)
         self.rate_limiter = RateLimiter()
         self.prices = {name: TierPrice.from_config(config.tiers[name].cost) for name in TIER_NAMES}
-        self.fallback = TierFallback(tiers, self.prices, config.quality)
+        self.fallback = TierFallback(
+            tiers,
+            self.prices,
+            config.quality,
+            context_lengths={tier: self.context_limits[tier] for tier in TIER_NAMES},
+        )
         self.ledger = CostLedger()
         self.ledger_since_s = time.time()
         self.admission = AdmissionGate(
@@ -290,7 +298,7 @@ class RequestPipeline:
         response, answer = await self.fallback.answer(
             body, kind, trace, check_quality=check_quality
         )
-        self._store(ticket, answer, trace)
+        self._store(ticket, answer, trace, requested_max_tokens(body, kind), gate_on=check_quality)
         self._note_gateway_time(trace, started_s)
         return JSONResponse(response, headers=trace.headers())
 
@@ -298,9 +306,31 @@ class RequestPipeline:
         trace.note_gateway_time(started_s, time.perf_counter())
         self.metrics.observe_gateway_overhead(trace)
 
-    def _store(self, ticket: CacheTicket | None, answer: Answer, trace: RequestTrace) -> None:
-        if ticket is not None and self.cache is not None and trace.tier is not None:
-            self.cache.store(ticket, answer, trace.tier)
+    def _store(
+        self,
+        ticket: CacheTicket | None,
+        answer: Answer,
+        trace: RequestTrace,
+        max_tokens: int | None,
+        *,
+        gate_on: bool,
+        unjudged: bool = False,
+    ) -> None:
+        """Cache the answer if the request is cacheable and the cache policy lets it in."""
+        if ticket is None or self.cache is None or trace.tier is None:
+            return
+        reason = uncacheable_reason(
+            answer,
+            trace,
+            self.fallback.gate,
+            max_tokens=max_tokens,
+            gate_on=gate_on,
+            unjudged=unjudged,
+        )
+        if reason is not None:
+            logger.debug("Answer not cached: %s", reason)
+            return
+        self.cache.store(ticket, answer, trace.tier)
 
     # ---- streamed ----------------------------------------------------------------------
 
@@ -317,25 +347,29 @@ class RequestPipeline:
             # Hold the small tier's answer until the gate has judged it, so the client never
             # sees small-tier text that an escalation would then replace.
             # An escalated answer was generated non-streamed by the large tier; replay it too.
-            _, answer = await self.fallback.answer(body, kind, trace)
-            self._store(ticket, answer, trace)
+            # The whole response is replayed: every choice, tool calls and logprobs with it.
+            response, answer = await self.fallback.answer(body, kind, trace)
+            self._store(ticket, answer, trace, requested_max_tokens(body, kind), gate_on=True)
             self._note_gateway_time(trace, started_s)
             self._record(trace, started_s, streamed=True)
-            events = replay_as_sse(answer, kind, include_usage=client_wants_usage_chunk(body))
+            wants_usage = client_wants_usage_chunk(body)
+            events = response_as_sse(response, kind, include_usage=wants_usage)
             return _sse_response(_iterate(events), trace)
         stream = await self.fallback.open_stream(body, kind, trace)
         self.metrics.observe_ttft(trace, time.perf_counter() - started_s)
         self._note_gateway_time(trace, started_s)
-        relay = self._relay(stream, body, trace, ticket, started_s)
+        relay = self._relay(stream, body, kind, trace, ticket, started_s, quality_mode)
         return _sse_response(relay, trace, cost_final=False)
 
     async def _relay(
         self,
         stream: Any,
         body: dict[str, Any],
+        kind: RequestKind,
         trace: RequestTrace,
         ticket: CacheTicket | None,
         started_s: float,
+        quality_mode: QualityMode,
     ) -> AsyncIterator[str]:
         wants_usage = client_wants_usage_chunk(body)
         async for event, payload in stream.events():
@@ -347,5 +381,14 @@ class RequestPipeline:
         trace.cost.charge_tier(
             trace.tier, self.prices[trace.tier], answer.prompt_tokens, answer.completion_tokens
         )
-        self._store(ticket, answer, trace)
+        # A routed small-tier stream relayed as it came was never judged by the gate.
+        unjudged = not trace.pinned and trace.tier == "small"
+        self._store(
+            ticket,
+            answer,
+            trace,
+            requested_max_tokens(body, kind),
+            gate_on=quality_mode != "off",
+            unjudged=unjudged,
+        )
         self._record(trace, started_s)

@@ -225,6 +225,17 @@ def client_wants_usage_chunk(body: dict[str, Any]) -> bool:
     return bool((body.get("stream_options") or {}).get("include_usage"))
 
 
+def requested_max_tokens(body: dict[str, Any], kind: RequestKind) -> int | None:
+    """The client's own limit on answer tokens, as the engine reads it; None: no limit asked.
+
+    Chat takes `max_completion_tokens`, which replaced `max_tokens` and wins when both are set.
+    """
+    limit = body.get("max_completion_tokens") if kind == "chat" else None
+    if limit is None:
+        limit = body.get("max_tokens")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
 @dataclass(frozen=True)
 class Answer:
     """A complete single-choice answer, independent of how it was produced."""
@@ -236,6 +247,8 @@ class Answer:
     model: str
     token_logprobs: tuple[float, ...] = ()
     """Log-probability of each generated token, when the engine was asked for them."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """The tool calls of a chat answer (OpenAI's `message.tool_calls`: id, type, function)."""
 
 
 def sse_event(payload: dict[str, Any]) -> str:
@@ -267,9 +280,13 @@ def response_json(answer: Answer, kind: RequestKind) -> dict[str, Any]:
     """A non-streamed OpenAI response carrying `answer`."""
     object_name, _ = _object_names(kind)
     if kind == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        if answer.tool_calls:
+            message["content"] = answer.text or None
+            message["tool_calls"] = [dict(call) for call in answer.tool_calls]
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": answer.text},
+            "message": message,
             "logprobs": None,
             "finish_reason": answer.finish_reason,
         }
@@ -291,41 +308,65 @@ def response_json(answer: Answer, kind: RequestKind) -> dict[str, Any]:
 
 
 def replay_as_sse(answer: Answer, kind: RequestKind, *, include_usage: bool) -> list[str]:
-    """OpenAI SSE events for an answer that already exists (cache hit, held answer)."""
+    """OpenAI SSE events for an answer that already exists (a cache hit)."""
+    return response_as_sse(response_json(answer, kind), kind, include_usage=include_usage)
+
+
+def response_as_sse(
+    response: dict[str, Any], kind: RequestKind, *, include_usage: bool
+) -> list[str]:
+    """A complete non-streamed response as OpenAI SSE events (a held answer, a cache hit).
+
+    Everything a client could get from a live stream survives: every choice (`n > 1`), text,
+    tool calls (as `delta.tool_calls` with their index), logprobs and each finish reason.
+    """
     _, chunk_object = _object_names(kind)
     base = {
-        "id": new_response_id(kind),
+        "id": response.get("id") or new_response_id(kind),
         "object": chunk_object,
-        "created": int(time.time()),
-        "model": answer.model,
+        "created": response.get("created") or int(time.time()),
+        "model": response.get("model", ""),
     }
-
-    def chunk(delta_text: str | None, finish_reason: str | None, *, first: bool = False):
-        if kind == "chat":
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
-            if delta_text is not None:
-                delta["content"] = delta_text
-            choice: dict[str, Any] = {"index": 0, "delta": delta}
-        else:
-            choice = {"index": 0, "text": delta_text or ""}
-        choice.update({"logprobs": None, "finish_reason": finish_reason})
-        return sse_event({**base, "choices": [choice]})
-
-    events = []
-    if kind == "chat":
-        events.append(chunk(None, None, first=True))
-    events.append(chunk(answer.text, None))
-    events.append(chunk(None if kind == "chat" else "", answer.finish_reason))
-    if include_usage:
-        events.append(sse_event({**base, "choices": [], "usage": _usage(answer)}))
+    events: list[str] = []
+    for choice in response.get("choices") or []:
+        for piece in _choice_chunks(choice, kind):
+            events.append(sse_event({**base, "choices": [piece]}))
+    usage = response.get("usage")
+    if include_usage and usage:
+        events.append(sse_event({**base, "choices": [], "usage": usage}))
     events.append(SSE_DONE)
     return events
+
+
+def _choice_chunks(choice: dict[str, Any], kind: RequestKind) -> list[dict[str, Any]]:
+    """One choice of a complete response as the choices of successive stream chunks."""
+    index = choice.get("index", 0)
+    if kind == "chat":
+        message = choice.get("message") or {}
+        content = message.get("content")
+        tool_calls = message.get("tool_calls") or []
+        deltas: list[dict[str, Any]] = []
+        if content or not tool_calls:
+            deltas.append({"content": content or ""})
+        deltas += [{"tool_calls": [{"index": i, **call}]} for i, call in enumerate(tool_calls)]
+        pieces = [{"index": index, "delta": {"role": "assistant", "content": ""}}]
+        pieces += [{"index": index, "delta": delta} for delta in deltas]
+        pieces.append({"index": index, "delta": {}})
+    else:
+        pieces = [{"index": index, "text": choice.get("text") or ""}, {"index": index, "text": ""}]
+    for piece in pieces:
+        piece.update({"logprobs": None, "finish_reason": None})
+    # The whole answer's logprobs ride on its first chunk of content (OpenAI's shape per chunk).
+    pieces[1 if kind == "chat" else 0]["logprobs"] = choice.get("logprobs")
+    pieces[-1]["finish_reason"] = choice.get("finish_reason")
+    return pieces
 
 
 def answer_from_response(response: dict[str, Any], kind: RequestKind) -> Answer:
     """Extract the first choice of an engine's non-streamed response."""
     choice = response["choices"][0]
     text = choice["message"].get("content") if kind == "chat" else choice.get("text")
+    tool_calls = (choice["message"].get("tool_calls") if kind == "chat" else None) or ()
     usage = response.get("usage") or {}
     return Answer(
         text=text or "",
@@ -334,6 +375,7 @@ def answer_from_response(response: dict[str, Any], kind: RequestKind) -> Answer:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         model=response.get("model", ""),
         token_logprobs=_token_logprobs(choice.get("logprobs"), kind),
+        tool_calls=tuple(tool_calls),
     )
 
 
@@ -374,14 +416,20 @@ class StreamAccumulator:
         self.kind = kind
         self.model = model
         self.parts: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
     def observe(self, payload: dict[str, Any]) -> None:
         for choice in payload.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue  # the first choice is the answer (as for non-streamed responses)
             if self.kind == "chat":
-                piece = (choice.get("delta") or {}).get("content")
+                delta = choice.get("delta") or {}
+                piece = delta.get("content")
+                for call in delta.get("tool_calls") or []:
+                    self._observe_tool_call(call)
             else:
                 piece = choice.get("text")
             if piece:
@@ -393,6 +441,19 @@ class StreamAccumulator:
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
 
+    def _observe_tool_call(self, fragment: dict[str, Any]) -> None:
+        """Merge a `delta.tool_calls` fragment: id, type and name come once, arguments in parts."""
+        call = self.tool_calls.setdefault(int(fragment.get("index") or 0), {})
+        for field in ("id", "type"):
+            if fragment.get(field):
+                call[field] = fragment[field]
+        function = fragment.get("function") or {}
+        merged = call.setdefault("function", {})
+        if function.get("name"):
+            merged["name"] = function["name"]
+        if function.get("arguments") is not None:
+            merged["arguments"] = merged.get("arguments", "") + function["arguments"]
+
     def answer(self) -> Answer:
         return Answer(
             text="".join(self.parts),
@@ -400,6 +461,7 @@ class StreamAccumulator:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             model=self.model,
+            tool_calls=tuple(self.tool_calls[index] for index in sorted(self.tool_calls)),
         )
 
 

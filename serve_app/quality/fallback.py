@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -27,6 +28,7 @@ from serve_app.protocol.openai_api import (
     RequestKind,
     answer_from_response,
     client_asked_for_logprobs,
+    requested_max_tokens,
     with_internal_logprobs,
     without_logprobs,
 )
@@ -64,11 +66,13 @@ class TierFallback:
         tiers: dict[TierName, TierClient],
         prices: dict[TierName, TierPrice],
         config: QualityConfig,
+        context_lengths: Mapping[TierName, int | None] | None = None,
     ):
+        """`context_lengths`: each tier's max_model_len, for the gate's truncation check."""
         self.tiers = tiers
         self.prices = prices
         self.config = config
-        self.gate = QualityGate(config)
+        self.gate = QualityGate(config, context_lengths)
         breaker = config.circuit_breaker
         self.breakers = {
             name: CircuitBreaker(breaker.failure_threshold, breaker.cooldown_s)
@@ -143,7 +147,9 @@ class TierFallback:
         if internal is not body and not client_asked_for_logprobs(body):
             response = without_logprobs(response)
         if judged:
-            reason = await self.gate.judged_escalation_reason(routing_text(body, kind), answer)
+            reason = await self.gate.judged_escalation_reason(
+                routing_text(body, kind), answer, requested_max_tokens(body, kind)
+            )
             if reason:
                 return _Escalation(reason, (response, answer))
         return response, answer
