@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.helpers import chat_body
+from tests.helpers import EMPTY_ANSWER, chat_body
 
 CASCADE_HEADERS = ("x-cascade-tier", "x-cascade-cache", "x-cascade-escalated", "x-cascade-cost-usd")
 
@@ -163,14 +163,14 @@ def test_pinned_tier_is_the_tier_that_answers(http: httpx.Client, tier: str) -> 
     assert response.json()["model"] == f"cascade-{tier}"
 
 
-def test_truncated_small_answer_escalates_to_large(http: httpx.Client) -> None:
-    # The heuristic routes a short greeting to the small tier; 2 tokens truncate any answer.
-    body = _chat(_unique("Tell me about cats."), max_tokens=2)
+def test_empty_small_answer_escalates_to_large(http: httpx.Client) -> None:
+    # The router sends a short question to the small tier, whose answer is forced empty.
+    body = _chat(_unique("Tell me about cats."), **EMPTY_ANSWER)
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
     assert response.headers["x-cascade-route"] == "small"
     assert response.headers["x-cascade-escalated"] == "true"
-    assert response.headers["x-cascade-escalation-reason"] == "truncated"
+    assert response.headers["x-cascade-escalation-reason"] == "empty"
     assert response.headers["x-cascade-tier"] == "large"
 
 

@@ -54,6 +54,28 @@ def test_client_can_opt_out(http: httpx.Client) -> None:
     assert _cache_header(http, _chat(question)) == "hit"
 
 
+def test_an_answer_cut_at_the_clients_max_tokens_is_kept_and_cached(http: httpx.Client) -> None:
+    # Six tokens cut any answer to this; the large tier would stop at the same sixth token, so
+    # the cut answer is the request's answer: not escalated, and cached like any other.
+    body = _chat(f"Tell me about dogs. (case {uuid.uuid4().hex[:8]})", max_tokens=6)
+    first = http.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-cascade-route"] == "small"
+    assert first.headers["x-cascade-escalated"] == "false"
+    assert first.headers["x-cascade-cache"] == "miss"
+    choice = first.json()["choices"][0]
+    assert (choice["finish_reason"], first.json()["usage"]["completion_tokens"]) == ("length", 6)
+    cost = float(first.headers["x-cascade-cost-usd"])
+    assert cost < float(first.headers["x-cascade-counterfactual-usd"])
+
+    again = http.post("/v1/chat/completions", json=body)
+    assert again.status_code == 200, again.text
+    assert again.headers["x-cascade-cache"] == "hit"
+    replayed = again.json()["choices"][0]
+    assert replayed["message"]["content"] == choice["message"]["content"]
+    assert replayed["finish_reason"] == "length"
+
+
 def test_bad_client_ttl_is_a_400(http: httpx.Client) -> None:
     response = http.post(
         "/v1/chat/completions", json=_chat("hi"), headers={"x-cascade-cache-ttl-s": "-3"}

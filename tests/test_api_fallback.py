@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.faults import connect_to_stack
-from tests.helpers import chat_body
+from tests.helpers import EMPTY_ANSWER, chat_body
 
 # The small tier needs a few seconds for 256 tokens on CPU; kill it after this much.
 SMALL_TIER_BUSY_S = 1.5
@@ -45,11 +45,12 @@ def test_logprobs_the_client_asked_for_are_returned(http: httpx.Client) -> None:
 
 
 def test_escalated_stream_never_shows_small_tier_text(http: httpx.Client) -> None:
-    body = _chat(f"Tell me about dogs. ({uuid.uuid4().hex[:6]})", max_tokens=3, stream=True)
+    body = _chat(f"Tell me about dogs. ({uuid.uuid4().hex[:6]})", stream=True, **EMPTY_ANSWER)
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["x-cascade-route"] == "small"
         assert response.headers["x-cascade-escalated"] == "true"
+        assert response.headers["x-cascade-escalation-reason"] == "empty"
         assert response.headers["x-cascade-tier"] == "large"
         lines = [line for line in response.iter_lines() if line]
     chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
@@ -78,13 +79,13 @@ def test_routed_requests_survive_a_killed_router_replica(http: httpx.Client) -> 
 
 
 def test_quality_header_turns_the_gate_off_per_request(http: httpx.Client) -> None:
-    body = _chat(f"Tell me about cats. ({uuid.uuid4().hex[:6]})", max_tokens=3)
+    body = _chat(f"Tell me about cats. ({uuid.uuid4().hex[:6]})", **EMPTY_ANSWER)
     off = http.post("/v1/chat/completions", json=body, headers={"x-cascade-quality": "off"})
     assert off.status_code == 200
-    # A truncated small answer is what the gate escalates; with the gate off it is kept.
+    # An empty small answer is what the gate escalates; with the gate off it is kept.
     assert (off.headers["x-cascade-route"], off.headers["x-cascade-tier"]) == ("small", "small")
     assert off.headers["x-cascade-escalated"] == "false"
-    assert off.json()["choices"][0]["finish_reason"] == "length"
+    assert not off.json()["choices"][0]["message"]["content"]
     bad = http.post("/v1/chat/completions", json=body, headers={"x-cascade-quality": "maybe"})
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "x-cascade-quality"
@@ -100,6 +101,63 @@ def test_relay_mode_streams_small_tier_tokens_unjudged(http: httpx.Client) -> No
         lines = [line for line in response.iter_lines() if line]
     chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
     assert {chunk["model"] for chunk in chunks} == {"cascade-small"}
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def _tool_request(**overrides) -> dict:
+    # `required`: the engine must call a tool (vLLM constrains the output to a call), so the
+    # answer's content is empty and its tool_calls carry it; before, that was escalated as
+    # `empty`. Needs the tiers' `tool_call_parser` engine kwarg; without it vLLM answers 400.
+    question = f"What is the weather in Paris? ({uuid.uuid4().hex[:6]})"
+    return _chat(question, tools=[WEATHER_TOOL], tool_choice="required", **overrides)
+
+
+def _assert_tool_answer_kept(response: httpx.Response) -> None:
+    assert response.status_code == 200, response.text
+    assert response.headers["x-cascade-route"] == "small"
+    assert response.headers.get("x-cascade-escalation-reason") != "empty"
+    assert response.headers["x-cascade-cache"] == "bypass"  # tool use is never cached
+
+
+def test_a_tool_call_answer_is_not_escalated_as_empty(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", json=_tool_request())
+    _assert_tool_answer_kept(response)
+    message = response.json()["choices"][0]["message"]
+    assert message.get("tool_calls") or message.get("content")
+    for call in message.get("tool_calls") or []:
+        assert call["function"]["name"] == "get_weather"
+        json.loads(call["function"]["arguments"])
+
+
+def test_a_held_stream_replays_tool_calls_as_deltas(http: httpx.Client) -> None:
+    body = _tool_request(stream=True)
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        _assert_tool_answer_kept(response)
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    choices = [choice for chunk in chunks for choice in chunk["choices"]]
+    calls = [call for c in choices for call in c["delta"].get("tool_calls") or []]
+    content = "".join(c["delta"].get("content") or "" for c in choices)
+    assert calls or content
+    finish = [c["finish_reason"] for c in choices if c["finish_reason"]]
+    if calls:
+        assert finish == ["tool_calls"]
+        assert {call["function"]["name"] for call in calls} == {"get_weather"}
+        assert all(call["id"] and call["type"] == "function" for call in calls)
 
 
 def _replica_actor(ray_module, deployment: str):
