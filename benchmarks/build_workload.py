@@ -21,9 +21,12 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.engine_workloads import DEFAULT_SHARED_DIR
 from benchmarks.workload import DEFAULT_WORKLOAD, WorkloadItem
 
-MMLU_DIR = Path(os.environ.get("CASCADE_MMLU_DIR", "/work/shared/data/routellm-mmlu"))
+MMLU_DIR = Path(
+    os.environ.get("CASCADE_MMLU_DIR", DEFAULT_SHARED_DIR / "data" / "routellm-mmlu")
+)
 PAIRS_PATH = Path(__file__).resolve().parent / "data" / "cache_pairs.jsonl"
 WEAK_COLUMN = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_COLUMN = "gpt-4-1106-preview"

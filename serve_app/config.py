@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TierName = Literal["small", "large"]
 TIER_NAMES: tuple[TierName, ...] = ("small", "large")
@@ -58,7 +58,18 @@ class TierConfig(StrictModel):
     env_vars: dict[str, str] = Field(
         default_factory=dict, description="Environment of the engine processes."
     )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime environment of each replica (Ray's `runtime_env` keys, e.g. "
+        "`py_executable`, `pip`); `env_vars` above are merged into it.",
+    )
     cost: TierCostConfig
+
+    @model_validator(mode="after")
+    def _env_vars_in_one_place(self) -> TierConfig:
+        if self.env_vars and "env_vars" in self.runtime_env:
+            raise ValueError("set env_vars or runtime_env.env_vars, not both")
+        return self
 
 
 class CacheConfig(StrictModel):
@@ -118,12 +129,19 @@ class CacheConfig(StrictModel):
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 
 
+BUILTIN_ROUTER_PREFIX = "builtin://"
+BUILTIN_ROUTER_NAMES = ("default-router",)
+
+
 class RouterConfig(StrictModel):
     """Complexity router: P(request needs the large tier)."""
 
     checkpoint: str | None = Field(
         default=None,
-        description="HF sequence-classification checkpoint directory; heuristic when unset.",
+        description="Router artefact directory (a difficulty router or an HF "
+        "sequence-classification checkpoint, each with its router_card.json), or "
+        "`builtin://default-router`: the router shipped in the package "
+        "(serve_app/routing/default_router/). Heuristic when unset.",
     )
     threshold: float = Field(
         default=0.5, ge=0, le=1, description="Route to the large tier when score >= threshold."
@@ -142,6 +160,17 @@ class RouterConfig(StrictModel):
         default=None, ge=1, description="Torch CPU threads of the classifier; None: torch's."
     )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _known_builtin(cls, checkpoint: str | None) -> str | None:
+        if checkpoint is not None and checkpoint.startswith(BUILTIN_ROUTER_PREFIX):
+            name = checkpoint.removeprefix(BUILTIN_ROUTER_PREFIX)
+            if name not in BUILTIN_ROUTER_NAMES:
+                raise ValueError(
+                    f"unknown built-in router {name!r}; known: {list(BUILTIN_ROUTER_NAMES)}"
+                )
+        return checkpoint
 
 
 class CircuitBreakerConfig(StrictModel):

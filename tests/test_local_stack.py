@@ -98,3 +98,32 @@ def test_a_ray_cluster_started_by_hand_survives_a_stack_stop(tmp_path: Path) -> 
     finally:
         local_stack.stop(other)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _replica_pids(deployment: str) -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    return [a.pid for a in actors if f"#{deployment}#" in (a.name or "")]
+
+
+def _thread_niceness(pid: int) -> set[int]:
+    return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_local_engines_run_below_the_gateway(cascade_url: str) -> None:
+    """configs/local.yaml starts each tier's replica through `nice` (Ray's runtime_env
+    py_executable): the replica and every vLLM process and thread under it run at the lowest
+    CPU priority, while the ingress keeps Ray's, so the gateway is served first."""
+    import psutil
+
+    from benchmarks.faults import connect_to_stack
+
+    connect_to_stack(cascade_url)
+    for tier in ("llm-small", "llm-large"):
+        (replica,) = _replica_pids(tier)
+        tree = [replica, *(p.pid for p in psutil.Process(replica).children(recursive=True))]
+        assert len(tree) >= 3, f"{tier}: no vLLM engine processes under the replica"
+        assert {pid: _thread_niceness(pid) for pid in tree} == {pid: {19} for pid in tree}
+    (ingress,) = _replica_pids("ingress")
+    assert max(_thread_niceness(ingress)) < 19

@@ -1,0 +1,1 @@
+"""The semantic cache: Qdrant-backed, partitioned per tenant, model, context and parameters."""

@@ -1,0 +1,1 @@
+"""Operator command-line tools: the capacity and cost planner, the savings report."""

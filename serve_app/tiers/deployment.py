@@ -41,6 +41,13 @@ class SkipNodeInitForLocalModel(CallbackBase):
         return nodes == {ray.get_runtime_context().get_node_id()}
 
 
+def _runtime_env(tier: TierConfig) -> dict[str, Any] | None:
+    runtime_env = dict(tier.runtime_env)
+    if tier.env_vars:
+        runtime_env["env_vars"] = dict(tier.env_vars)
+    return runtime_env or None
+
+
 def llm_config_for_tier(tier: TierConfig, *, resolve_packaged: bool = True) -> LLMConfig:
     """Translate our tier config into Ray Serve LLM's LLMConfig."""
     source = resolve_model_source(tier.model_source) if resolve_packaged else tier.model_source
@@ -49,7 +56,7 @@ def llm_config_for_tier(tier: TierConfig, *, resolve_packaged: bool = True) -> L
         "model_loading_config": {"model_id": tier.model_id, "model_source": source},
         "engine_kwargs": dict(tier.engine_kwargs),
         "deployment_config": dict(tier.deployment_config),
-        "runtime_env": {"env_vars": dict(tier.env_vars)} if tier.env_vars else None,
+        "runtime_env": _runtime_env(tier),
         "callback_config": {"callback_class": callback},
     }
     if tier.accelerator == "cpu":
