@@ -1,9 +1,8 @@
 """Fit the router's lexical prior (serve_app.routing.lexical) with scikit-learn.
 
 TF-IDF over words and word pairs seen in at least `min_df` training prompts, then a
-class-balanced, L2-regularised logistic regression on the router label. The blend's
-quantile scales come from the validation split, which early stopping and calibration already
-use; the test split is never touched.
+class-balanced, L2-regularised logistic regression on the router label. Only the training
+split is used; the blend with the encoder (serve_app.routing.lexical) needs nothing else.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from serve_app.routing.lexical import TOKEN, LexicalPrior
 def fit_lexical_prior(
     train_texts: Sequence[str],
     train_labels: np.ndarray,
-    val_texts: Sequence[str],
-    val_head_scores: np.ndarray,
+    check_texts: Sequence[str],
     config: LexicalPriorConfig,
 ) -> LexicalPrior:
     vectorizer = TfidfVectorizer(
@@ -43,13 +41,11 @@ def fit_lexical_prior(
         intercept=float(model.intercept_[0]),
         ngram_max=config.ngram_max,
         weight=config.weight,
-        head_reference=np.sort(np.asarray(val_head_scores, dtype=np.float64)),
-        lexical_reference=np.empty(0),
     )
-    val_lexical = prior.probabilities(list(val_texts))
-    expected = model.predict_proba(vectorizer.transform(list(val_texts)))[:, 1]
+    served = prior.probabilities(list(check_texts))
+    expected = model.predict_proba(vectorizer.transform(list(check_texts)))[:, 1]
     # The numpy scorer that serving runs must be the model that was fitted.
-    if not np.allclose(val_lexical, expected, atol=1e-6):
-        worst = float(np.abs(val_lexical - expected).max())
+    if not np.allclose(served, expected, atol=1e-6):
+        worst = float(np.abs(served - expected).max())
         raise RuntimeError(f"lexical prior scorer disagrees with scikit-learn by {worst}")
-    return LexicalPrior(**{**vars(prior), "lexical_reference": np.sort(val_lexical)})
+    return prior

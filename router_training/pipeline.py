@@ -87,18 +87,10 @@ def train_seed(config: RouterTrainingConfig, seed: int, run_dir: Path) -> Path:
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
     if config.model.lexical_prior is not None:
-        val_head_scores = score_texts(
-            model,
-            tokenizer,
-            [o.prompt for o in split.val],
-            Scored(config.model.max_length, _cache(config)),
-            "scoring val",
-        )
         fit_lexical_prior(
             [o.prompt for o in split.train],
             labels_of(split.train, rule, pass_score),
             [o.prompt for o in split.val],
-            val_head_scores,
             config.model.lexical_prior,
         ).save(checkpoint)
     card = {

@@ -144,9 +144,7 @@ def test_lexical_only_checkpoint_scores_without_the_encoder(
     for item in checkpoint.iterdir():
         (tmp_path / item.name).symlink_to(item)
     texts, labels = TRAIN_HARD + TRAIN_EASY, np.array([1] * 4 + [0] * 4)
-    prior = fit_lexical_prior(
-        texts, labels, texts, np.linspace(0, 1, 8), LexicalPriorConfig(weight=1.0, min_df=1)
-    )
+    prior = fit_lexical_prior(texts, labels, texts, LexicalPriorConfig(weight=1.0, min_df=1))
     prior.save(tmp_path)
     router = Router({"checkpoint": str(tmp_path)})
     assert router.scorer_name == "classifier"

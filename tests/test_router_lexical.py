@@ -15,8 +15,7 @@ EASY = [f"What is the capital of country number {n}? Answer briefly" for n in ra
 
 def test_prior_round_trips_and_ranks_by_the_words_it_learnt(tmp_path: Path) -> None:
     texts, labels = HARD + EASY, np.array([1] * len(HARD) + [0] * len(EASY))
-    head_scores = np.linspace(0.2, 0.8, len(texts))
-    prior = fit_lexical_prior(texts, labels, texts, head_scores, LexicalPriorConfig(weight=1.0))
+    prior = fit_lexical_prior(texts, labels, texts, LexicalPriorConfig(weight=1.0))
     prior.save(tmp_path)
     loaded = LexicalPrior.load(tmp_path)
     assert loaded is not None and loaded.vocabulary == prior.vocabulary
@@ -29,12 +28,20 @@ def test_prior_round_trips_and_ranks_by_the_words_it_learnt(tmp_path: Path) -> N
 
 def test_blend_weight_zero_keeps_the_encoder_ranking(tmp_path: Path) -> None:
     texts, labels = HARD + EASY, np.array([1] * len(HARD) + [0] * len(EASY))
-    prior = fit_lexical_prior(
-        texts, labels, texts, np.linspace(0, 1, len(texts)), LexicalPriorConfig(weight=0.0)
-    )
+    prior = fit_lexical_prior(texts, labels, texts, LexicalPriorConfig(weight=0.0))
     head = [0.9, 0.1, 0.5]
     blended = prior.blend(head, ["capital", "integral", "group"])
     assert list(np.argsort(blended)) == list(np.argsort(head))
+
+
+def test_blend_is_continuous_in_the_head_score(tmp_path: Path) -> None:
+    # A served batch and a single request differ by float noise in the encoder's score; the
+    # blended score must move by about as little (a rank blend jumped by whole ranks).
+    texts, labels = HARD + EASY, np.array([1] * len(HARD) + [0] * len(EASY))
+    prior = fit_lexical_prior(texts, labels, texts, LexicalPriorConfig(weight=0.5))
+    probe = ["Prove the integral bound for group 99"]
+    a, b = prior.blend([0.3], probe)[0], prior.blend([0.3 + 1e-6], probe)[0]
+    assert 0 < b - a < 1e-5
 
 
 def test_checkpoint_without_prior_loads_none(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@ with the encoder's score.
 
 The frozen encoder's first-token state says little about a prompt's subject, and the subject
 is what most predicts whether the small model falls short (on MMLU, a lookup of each
-subject's rate beats the encoder head). Word features carry the subject. Both scores are
-mapped to their quantile on the validation split and averaged with weight `weight` on the
-lexical side (RouteLLM-style rank blending: scales differ, ranks compare).
+subject's rate beats the encoder head). Word features carry the subject. The blend is a
+weighted mean of the two models' logits (`weight` on the lexical side), put back through the
+logistic function: monotone and continuous in both scores, so a tiny float difference
+between scoring a prompt alone and in a batch moves the blended score by as little. (An
+earlier rank blend mapped each score to its validation quantile, which turned such
+differences into jumps of whole ranks.)
 
 Trained by `router_training.lexical` (with scikit-learn) and stored as
 `lexical_prior.npz` beside the HF checkpoint; scored here with numpy alone, so serving loads
@@ -23,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 LEXICAL_PRIOR_FILE = "lexical_prior.npz"
+# Head probabilities are clipped this far from 0 and 1 before taking their logit.
+_EPS = 1e-7
 # scikit-learn's default TfidfVectorizer token pattern: words of 2+ word characters.
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
@@ -35,10 +40,7 @@ class LexicalPrior:
     intercept: float
     ngram_max: int
     weight: float
-    """Share of the lexical quantile in the blended score (the encoder's: 1 - weight)."""
-    head_reference: np.ndarray
-    """Sorted validation scores of the encoder head: its quantile scale."""
-    lexical_reference: np.ndarray
+    """Share of the lexical logit in the blended logit (the encoder's: 1 - weight)."""
 
     @classmethod
     def load(cls, checkpoint_dir: str | Path) -> LexicalPrior | None:
@@ -54,8 +56,6 @@ class LexicalPrior:
                 intercept=float(data["intercept"]),
                 ngram_max=int(data["ngram_max"]),
                 weight=float(data["weight"]),
-                head_reference=np.sort(data["head_reference"].astype(np.float64)),
-                lexical_reference=np.sort(data["lexical_reference"].astype(np.float64)),
             )
 
     def save(self, checkpoint_dir: str | Path) -> Path:
@@ -69,16 +69,15 @@ class LexicalPrior:
             intercept=np.float64(self.intercept),
             ngram_max=np.int64(self.ngram_max),
             weight=np.float64(self.weight),
-            head_reference=self.head_reference,
-            lexical_reference=self.lexical_reference,
         )
         return path
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """The logistic regression's P(label 1) on each text's TF-IDF vector."""
-        return np.array([_logistic(self._logit(text)) for text in texts])
+        return np.array([_logistic(self.logit(text)) for text in texts])
 
-    def _logit(self, text: str) -> float:
+    def logit(self, text: str) -> float:
+        """The logistic regression's logit (intercept included) on the text's TF-IDF vector."""
         counts = Counter(
             index
             for term in _ngrams(TOKEN.findall(text.lower()), self.ngram_max)
@@ -93,10 +92,13 @@ class LexicalPrior:
         return float(values @ self.coef[indices]) + self.intercept
 
     def blend(self, head_scores: np.ndarray | list[float], texts: list[str]) -> np.ndarray:
-        """Weighted mean of the two scores' validation quantiles, in [0, 1]."""
-        head_q = _quantile(np.asarray(head_scores, dtype=np.float64), self.head_reference)
-        lexical_q = _quantile(self.probabilities(texts), self.lexical_reference)
-        return self.weight * lexical_q + (1.0 - self.weight) * head_q
+        """logistic(weight · lexical logit + (1 - weight) · head logit), in (0, 1)."""
+        lexical = np.array([self.logit(text) for text in texts], dtype=np.float64)
+        if self.weight == 1.0:
+            return 1.0 / (1.0 + np.exp(-lexical))
+        head = np.clip(np.asarray(head_scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+        logit = self.weight * lexical + (1.0 - self.weight) * np.log(head / (1.0 - head))
+        return 1.0 / (1.0 + np.exp(-logit))
 
 
 def _ngrams(tokens: list[str], ngram_max: int) -> list[str]:
@@ -104,11 +106,6 @@ def _ngrams(tokens: list[str], ngram_max: int) -> list[str]:
     for n in range(2, ngram_max + 1):
         grams.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
     return grams
-
-
-def _quantile(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Where each score falls among the reference scores, interpolated: monotone, [0, 1]."""
-    return np.interp(scores, reference, np.linspace(0.0, 1.0, len(reference)))
 
 
 def _logistic(logit: float) -> float:
