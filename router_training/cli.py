@@ -163,9 +163,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from router_training.config import MultiSourceConfig, load_any_config
     from router_training.pipeline import markdown_table, run_all
 
-    report = run_all(_config(args), latency=not args.no_latency)
+    config = load_any_config(args.config, _overrides(args.set))
+    if isinstance(config, MultiSourceConfig):
+        from router_training.multi_source import markdown_tables, run_multi_source
+
+        report = run_multi_source(config)
+        print(markdown_tables(report))
+        exported = report["export"]
+        print(f"router: {exported['dir']} (threshold {exported['card']['threshold']:.4f})")
+        return 0
+    report = run_all(config, latency=not args.no_latency)
     print(markdown_table(report["summary"]))
     print(f"curve: {report['curve_png']}")
     return 0
@@ -211,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, text in (
         ("train", cmd_train, "train one checkpoint per seed"),
-        ("run", cmd_run, "train, evaluate, calibrate and export every seed; summary table"),
+        (
+            "run",
+            cmd_run,
+            "train, evaluate, calibrate and export every seed; summary table (a config with "
+            "`sources`: LOSO and in-distribution tables, then the shipped difficulty router)",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="configs/router_training*.yaml")

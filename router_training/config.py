@@ -38,6 +38,22 @@ class DataConfig(StrictModel):
     )
 
 
+class SourceConfig(StrictModel):
+    """One benchmark's outcomes, for a router trained and evaluated across sources."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9_]+$", description="Source name; left out as a whole in LOSO."
+    )
+    format: Literal["routellm", "jsonl"] = Field(
+        description="`routellm`: a directory of RouteLLM outcome CSVs; `jsonl`: the generic "
+        "outcomes format (prompt, small_score, large_score, source)."
+    )
+    path: str
+    max_prompts: int | None = Field(
+        default=None, gt=0, description="Seeded sample of this many prompts (None: all)."
+    )
+
+
 class LexicalPriorConfig(StrictModel):
     """TF-IDF + logistic regression on the prompt's words, rank-blended with the encoder."""
 
@@ -146,3 +162,91 @@ def resolve_model_source(source: str) -> str:
     if source.startswith("packaged://"):
         raise ValueError(f"unknown packaged model {source!r}; known: {PACKAGED_MINILM}")
     return source
+
+
+FeatureBlock = Literal["prompt", "embedding", "lexical"]
+
+
+class DifficultyModelConfig(StrictModel):
+    """The difficulty router (serve_app.routing.difficulty): one logistic regression."""
+
+    features: list[FeatureBlock] = Field(
+        default=["prompt", "embedding"],
+        min_length=1,
+        description="`prompt`: length/structure/notation features; `embedding`: the MiniLM "
+        "sentence embedding; `lexical`: TF-IDF words and word pairs.",
+    )
+    prompt_features: list[str] | None = Field(
+        default=None,
+        description="The prompt features the model reads (serve_app.routing.difficulty."
+        "FEATURE_NAMES); None: all. The others get weight 0.",
+    )
+    embedding_model: str = Field(default=PACKAGED_MINILM)
+    inverse_regularisation: float = Field(default=1.0, gt=0, description="Logistic regression C.")
+    embedding_scale: float = Field(
+        default=1.0, gt=0, description="Multiplies the embedding block (larger: weaker L2 on it)."
+    )
+    lexical_scale: float = Field(default=1.0, gt=0, description="Same, for the TF-IDF block.")
+    lexical_min_df: int = Field(default=5, ge=1)
+    center_by_source: bool = Field(
+        default=True,
+        description="Fit on features centred within each source, so the weights learn what "
+        "ranks prompts inside a source (what routing a new source needs), not which source a "
+        "prompt is from; the offset is then set by calibration.",
+    )
+    source_weighting: Literal["equal", "none"] = Field(
+        default="equal", description="`equal`: every source carries the same total weight."
+    )
+
+
+class DifficultyCalibrationConfig(StrictModel):
+    target_quality_share: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="The threshold sends the fewest prompts to the large tier while the pooled "
+        "validation quality stays at or above this share of all-large quality.",
+    )
+
+
+class Ablation(StrictModel):
+    name: str
+    model: dict = Field(description="Overrides of `model` for this variant (LOSO only).")
+
+
+class MultiSourceConfig(StrictModel):
+    """`python -m router_training run` on several sources: LOSO and in-distribution tables,
+    then the shipped difficulty router (configs/router_training_all.yaml)."""
+
+    sources: list[SourceConfig] = Field(min_length=2)
+    data_seed: int = Field(default=0, description="Seed of the per-source samples.")
+    label_rule: LabelRule = "large_better"
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="In-distribution splits.")
+    random_seeds: list[int] = Field(default=list(range(10)), min_length=1)
+    model: DifficultyModelConfig = Field(default_factory=DifficultyModelConfig)
+    ablations: list[Ablation] = Field(default_factory=list)
+    calibration: DifficultyCalibrationConfig = Field(default_factory=DifficultyCalibrationConfig)
+    output_dir: str = Field(default="artifacts/router_all", description="Reports.")
+    export_dir: str = Field(
+        default="serve_app/routing/default_router",
+        description="Where the trained router is written (the package's built-in router).",
+    )
+    cache_dir: str | None = None
+
+
+def load_any_config(
+    path: str | Path, overrides: dict | None = None
+) -> RouterTrainingConfig | MultiSourceConfig:
+    """A multi-source config (it has `sources`) or a single-data-set one."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    if "sources" in raw:
+        return MultiSourceConfig.model_validate(raw)
+    return RouterTrainingConfig.model_validate(raw)

@@ -153,3 +153,36 @@ def pool(states, attention_mask, pooling: str):
 def feature_cache_dir(model, max_length: int, root: Path, pooling: str = "cls") -> Path:
     suffix = "" if pooling == "cls" else f"-{pooling}"
     return root / "features" / f"{encoder_fingerprint(model)}-len{max_length}{suffix}"
+
+
+def sentence_embeddings(
+    embedder,
+    texts: Sequence[str],
+    cache_root_dir: Path | None,
+    desc: str = "embedding",
+    chunk_rows: int = 256,
+) -> np.ndarray:
+    """[len(texts), dim] normalised sentence embeddings from `embedder`
+    (serve_app.routing.embedding.SentenceEmbedder: the vectors serving reads), cached on disk
+    per (weights, prompt) chunk by chunk, so an interrupted run resumes where it stopped."""
+    cache = (
+        FeatureCache(cache_root_dir / "sentence" / embedder.fingerprint())
+        if cache_root_dir is not None
+        else None
+    )
+    keys = [_text_key(t) for t in texts]
+    todo = list({k: t for k, t in zip(keys, texts, strict=True) if cache is None or k not in cache})
+    by_key = dict(zip(keys, texts, strict=True))
+    fresh: dict[str, np.ndarray] = {}
+    with tqdm(total=len(todo), desc=desc, unit="prompt") as bar:
+        for start in range(0, len(todo), chunk_rows):
+            chunk = todo[start : start + chunk_rows]
+            vectors = embedder.embed_batch([by_key[k] for k in chunk])
+            if cache is not None:
+                cache.add(chunk, vectors)
+            fresh.update(zip(chunk, vectors, strict=True))
+            bar.update(len(chunk))
+    rows = [fresh[k] if k in fresh else cache.get(k) for k in keys]  # type: ignore[union-attr]
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack(rows).astype(np.float32)

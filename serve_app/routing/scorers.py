@@ -1,10 +1,16 @@
 """The router's scorers and artefacts, without Ray: what the serving router, the quality judge
 and `router_training` share.
 
-A scorer is anything with `score_batch(texts) -> list[float]`, the estimated probability that
-the small tier is not good enough: a fine-tuned HF sequence classifier exported by
-`router_training` (weights, tokenizer, `router_card.json` with the calibrated threshold, and
-optionally the lexical prior of serve_app.routing.lexical), or a deterministic heuristic.
+A scorer is anything with `score_batch(texts, embeddings=None) -> list[float]`, the estimated
+probability that the small tier is not good enough:
+- the difficulty router (serve_app.routing.difficulty; `router_card.json` of kind
+  `difficulty-linear`): prompt features + the MiniLM sentence embedding, which callers that
+  already embedded the request (the semantic cache's vector) pass in as `embeddings`. The
+  package ships one, `builtin://default-router` (serve_app/routing/default_router/);
+- a fine-tuned HF sequence classifier exported by `router_training` (weights, tokenizer,
+  `router_card.json` with the calibrated threshold, and optionally the lexical prior of
+  serve_app.routing.lexical);
+- a deterministic heuristic (serve_app.routing.heuristic).
 `load_active_scorer` turns a RouterConfig into the scorer and threshold a routing decision
 reads; the Ray Serve deployment around it is serve_app.routing.router.
 """
@@ -13,13 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from serve_app.config import RouterConfig, TierName
+import numpy as np
+
+from serve_app.config import BUILTIN_ROUTER_PREFIX, RouterConfig, TierName
+from serve_app.routing.difficulty import DifficultyModel, is_difficulty_router
+from serve_app.routing.heuristic import HeuristicScorer
 from serve_app.routing.lexical import LexicalPrior
 
 logger = logging.getLogger(__name__)
@@ -37,161 +45,66 @@ _CHECKPOINT_LOAD_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# `builtin://<name>` checkpoints: router artefacts shipped inside this package.
+BUILTIN_ROUTERS: dict[str, Path] = {"default-router": Path(__file__).parent / "default_router"}
+
+
 class Scorer(Protocol):
-    """Estimates, per text, the probability that the small tier is not good enough."""
+    """Estimates, per text, the probability that the small tier is not good enough.
 
-    def score_batch(self, texts: list[str]) -> list[float]: ...
-
-
-def _markers(*phrases: str) -> re.Pattern[str]:
-    return re.compile(r"\b(?:" + "|".join(phrases) + r")\b", re.IGNORECASE)
-
-
-_REASONING = _markers(
-    r"prove",
-    r"proof",
-    r"derive",
-    r"derivation",
-    r"show that",
-    r"step[- ]by[- ]step",
-    r"explain why",
-    r"justify",
-    r"implement\w*",
-    r"algorithms?",
-    r"calculate",
-    r"compute",
-    r"solve",
-    r"evaluate",
-    r"optimi[sz]e",
-    r"complexity",
-    r"determine",
-    r"how many",
-    r"find the",
-    r"if and only if",
-    r"implies",
-    r"valid",
-    r"statement 1",
-)
-_MATH_VOCAB = _markers(
-    r"equations?",
-    r"integrals?",
-    r"derivatives?",
-    r"polynomials?",
-    r"matri(?:x|ces)",
-    r"probability",
-    r"theorem",
-    r"integers?",
-    r"primes?",
-    r"modulo",
-    r"logarithm",
-    r"eigen\w*",
-    r"vectors?",
-    r"functions?",
-    r"groups?",
-    r"rings?",
-    r"subgroups?",
-    r"variance",
-    r"regression",
-    r"velocity",
-    r"acceleration",
-    r"molar",
-    r"mass",
-)
-_CHIT_CHAT = _markers(
-    r"hi",
-    r"hello",
-    r"hey",
-    r"thanks",
-    r"thank you",
-    r"good (?:morning|afternoon|evening)",
-    r"how are you",
-    r"what is the capital",
-    r"who (?:is|was|wrote)",
-    r"translate",
-    r"define",
-    r"synonym",
-    r"spell",
-    r"joke",
-)
-_CODE = re.compile(
-    r"```|^\s*(?:def|class|import|return|#include|public|function)\b|[;{}]\s*$",
-    re.MULTILINE,
-)
-# "3x + 2 = 11", "2+2", "x^2", "n!": arithmetic between numbers/variables.
-_EQUATION = re.compile(r"[\w)]\s*[-+*/^=<>≤≥×÷]\s*[\w(]|[∑∫√∂π∞≡⊃∨∧¬→↔]|\\frac|\\sum|\$")
-_NUMBERED_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class HeuristicWeights:
-    """Logit contributions of the heuristic's signals; positive means "needs the large tier"."""
-
-    bias: float = -1.0
-    log2_length: float = 0.45
-    """Per doubling of the word count above `reference_words` (halving: the negative)."""
-    reference_words: float = 40.0
-    reasoning_marker: float = 0.9
-    math_vocab: float = 0.35
-    equation: float = 0.35
-    digit_density: float = 6.0
-    """Per unit of digits/non-space characters: numeric problems are harder than prose."""
-    code: float = 1.5
-    extra_question: float = 0.5
-    numbered_item: float = 0.3
-    chit_chat: float = -1.5
-    marker_cap: int = 3
-    """Counts above this add nothing: repetition is not extra difficulty."""
-
-
-class HeuristicScorer:
-    """Deterministic, model-free estimate of P(needs the large tier).
-
-    Each text gets a logit: a negative bias, plus
-    - length: `log2(words / reference_words)`, clamped to [-3, 3] (long prompts are harder,
-      one-liners easier);
-    - reasoning markers ("prove", "derive", "step by step", "explain why", "implement",
-      "algorithm", "calculate", "find the", "how many", ...), counted up to `marker_cap`;
-    - math vocabulary ("equation", "integral", "probability", "group", ...) and
-      equation-looking spans ("3x + 2 = 11", "x^2", LaTeX, logic symbols), each capped;
-    - digit density (digits per non-space character): numeric problems are hard for small
-      models;
-    - code (fences, `def`/`class`/`#include` lines, lines ending in `;` `{` `}`);
-    - multi-part requests: extra question marks and numbered/bulleted items;
-    - chit-chat and simple look-ups ("hi", "thanks", "what is the capital", "translate",
-      "define", ...) pushing the logit down.
-    The logit goes through the logistic function, so the score lies in (0, 1) and 0.5 is the
-    point where the signals for and against the large tier balance.
+    `embeddings`, when given, are the texts' normalised MiniLM sentence embeddings
+    ([len(texts), 384], serve_app.routing.embedding); scorers that read none ignore them.
     """
 
-    def __init__(self, weights: HeuristicWeights | None = None) -> None:
-        self.weights = weights or HeuristicWeights()
-
-    def score_batch(self, texts: list[str]) -> list[float]:
-        return [_logistic(self.logit(text)) for text in texts]
-
-    def logit(self, text: str) -> float:
-        w = self.weights
-        cap = w.marker_cap
-        words = max(len(text.split()), 1)
-        non_space_chars = max(sum(not c.isspace() for c in text), 1)
-        digits = sum(c.isdigit() for c in text)
-        length = max(-3.0, min(3.0, math.log2(words / w.reference_words)))
-        return (
-            w.bias
-            + w.log2_length * length
-            + w.reasoning_marker * min(len(_REASONING.findall(text)), cap)
-            + w.math_vocab * min(len(_MATH_VOCAB.findall(text)), cap)
-            + w.equation * min(len(_EQUATION.findall(text)), cap)
-            + w.digit_density * digits / non_space_chars
-            + w.code * bool(_CODE.search(text))
-            + w.extra_question * min(max(text.count("?") - 1, 0), cap)
-            + w.numbered_item * min(len(_NUMBERED_ITEM.findall(text)), cap)
-            + w.chit_chat * min(len(_CHIT_CHAT.findall(text)), 2)
-        )
+    def score_batch(
+        self, texts: list[str], embeddings: np.ndarray | None = None
+    ) -> list[float]: ...
 
 
-def _logistic(logit: float) -> float:
-    return 1.0 / (1.0 + math.exp(-logit))
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """The directory of a configured checkpoint: `builtin://<name>` or a path."""
+    if checkpoint.startswith(BUILTIN_ROUTER_PREFIX):
+        name = checkpoint.removeprefix(BUILTIN_ROUTER_PREFIX)
+        if name not in BUILTIN_ROUTERS:
+            raise ValueError(f"unknown built-in router {name!r}; known: {sorted(BUILTIN_ROUTERS)}")
+        return BUILTIN_ROUTERS[name]
+    return Path(checkpoint)
+
+
+class DifficultyScorer:
+    """The difficulty router (serve_app.routing.difficulty) with its embedder.
+
+    Texts without a precomputed embedding are embedded here with the packaged MiniLM
+    (loaded on first need); the score is the model's calibrated probability. Training's
+    evaluation calls this same `score_batch`, so served and evaluated scores agree.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path, embedder: Any = None) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        card = json.loads((self.checkpoint_dir / ROUTER_CARD_FILE).read_text())
+        self.model = DifficultyModel.load(self.checkpoint_dir)
+        self.embedding_model: str = card.get("embedding_model", "packaged://all-minilm-l6-v2")
+        self.threshold = _card_threshold(self.checkpoint_dir)
+        self._embedder = embedder
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from serve_app.routing.embedding import SentenceEmbedder
+
+            self._embedder = SentenceEmbedder(self.embedding_model)
+        return self._embedder
+
+    def warm_up(self) -> None:
+        """Load the embedder and score once, so the first request does not pay for it."""
+        self.score_batch(["warm-up"])
+
+    def score_batch(self, texts: list[str], embeddings: np.ndarray | None = None) -> list[float]:
+        if not texts:
+            return []
+        if self.model.uses_embedding and embeddings is None:
+            embeddings = self.embedder.embed_batch(list(texts))
+        return [float(s) for s in self.model.score(texts, embeddings)]
 
 
 class ClassifierScorer:
@@ -199,8 +112,8 @@ class ClassifierScorer:
 
     If the checkpoint directory holds a `router_card.json` with a "threshold", the threshold
     calibrated at training time is exposed as `self.threshold` (else None). If it holds a
-    `lexical_prior.npz` (serve_app.routing.lexical), the classifier's score is rank-blended with it,
-    exactly as router_training evaluated and calibrated it.
+    `lexical_prior.npz` (serve_app.routing.lexical), the classifier's score is blended with it
+    (a weighted mean of logits), exactly as router_training evaluated and calibrated it.
     """
 
     def __init__(self, checkpoint_dir: str | Path, max_length: int) -> None:
@@ -222,9 +135,10 @@ class ClassifierScorer:
                 f"{self.checkpoint_dir} has {num_labels} labels; a router needs 1 or 2"
             )
 
-    def score_batch(self, texts: list[str]) -> list[float]:
+    def score_batch(self, texts: list[str], embeddings: np.ndarray | None = None) -> list[float]:
         """Score texts in length-sorted sub-batches, each padded only to its own longest text:
-        one long prompt then does not make every short one in the batch pay for its padding."""
+        one long prompt then does not make every short one in the batch pay for its padding.
+        `embeddings` are not read (the classifier runs its own encoder)."""
         if not texts:
             return []
         if self.lexical_prior is not None and self.lexical_prior.weight == 1.0:
@@ -346,7 +260,12 @@ def _build_scorer(config: RouterConfig) -> tuple[Scorer, ScorerName, float | Non
 
         torch.set_num_threads(config.num_threads)
     try:
-        classifier = ClassifierScorer(config.checkpoint, config.max_length)
+        checkpoint = resolve_checkpoint(config.checkpoint)
+        if is_difficulty_router(checkpoint):
+            difficulty = DifficultyScorer(checkpoint)
+            difficulty.warm_up()
+            return difficulty, "classifier", difficulty.threshold, None
+        classifier = ClassifierScorer(checkpoint, config.max_length)
     except _CHECKPOINT_LOAD_ERRORS as e:
         reason = f"cannot load router checkpoint {config.checkpoint!r}: {type(e).__name__}: {e}"
         logger.warning("Falling back to the heuristic router: %s", reason)
