@@ -367,3 +367,21 @@ def test_tiers_skip_the_node_download_only_for_a_local_model_on_this_node(
         assert callback.ctx.run_init_node is downloads
     finally:
         ray.util.remove_placement_group(group)
+
+
+@pytest.mark.parametrize(
+    "path", [LOCAL, PRODUCTION, RAYSERVICE, RAYSERVICE_MIG], ids=lambda p: p.name
+)
+def test_every_tier_serves_tool_calls_with_one_parser_vllm_knows(path: Path) -> None:
+    """A valid OpenAI request with `tools` gets an answer, not vLLM's 400 ("auto tool choice
+    requires --enable-auto-tool-choice and --tool-call-parser"), on whichever tier the router
+    or an escalation picks, and both tiers parse tool calls the same way."""
+    from vllm.tool_parsers import ToolParserManager
+
+    config = CascadeConfig.model_validate(_args(path))
+    parsers = set()
+    for name, tier in config.tiers.items():
+        assert tier.engine_kwargs.get("enable_auto_tool_choice") is True, name
+        parsers.add(tier.engine_kwargs.get("tool_call_parser"))
+    (parser,) = parsers
+    assert ToolParserManager.get_tool_parser(parser) is not None
