@@ -1,0 +1,1 @@
+"""The complexity router: Ray-free scorers and router artefacts, and its Serve deployment."""
