@@ -113,6 +113,26 @@ def test_non_json_numbers_are_a_400(constant: bytes) -> None:
         parse_json_object(b'{"model": "cascade", "temperature": ' + constant + b"}")
 
 
+_HI = b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}]'
+_LONE_SURROGATE_CONTENT = _HI.replace(b'"hi"', b'"a\\ud800b"') + b"}"
+_LONE_SURROGATE_KEY = _HI + b', "\\udcf8": 1}'
+
+
+@pytest.mark.parametrize(
+    "raw", [_LONE_SURROGATE_CONTENT, _LONE_SURROGATE_KEY], ids=["in-content", "in-a-key"]
+)
+def test_a_lone_surrogate_escape_is_a_400(raw: bytes) -> None:
+    """Python decodes `"\\ud800"` into a string UTF-8 cannot encode; it used to get past
+    validation and fail later as a 500."""
+    with pytest.raises(InvalidRequestError, match="surrogate"):
+        parse_request_body(raw, "chat")
+
+
+def test_a_surrogate_pair_is_one_character_and_accepted() -> None:
+    raw = b'{"model": "cascade", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    assert parse_request_body(raw, "chat")["messages"][0]["content"] == "\U0001f600"
+
+
 def test_nesting_within_the_limit_is_accepted() -> None:
     nested = b'{"extra": ' + b"[" * 30 + b"]" * 30 + b"}"
     assert parse_json_object(nested, max_depth=32)["extra"]
@@ -181,8 +201,10 @@ def _assert_small_tier_answers_promptly(http: httpx.Client) -> None:
             "messages.0.role",
         ),
         (b'{"model": "cascade", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
+        (_LONE_SURROGATE_CONTENT, None),
+        (_LONE_SURROGATE_KEY, None),
     ],
-    ids=["wrong-type", "unknown-role", "recursion-bomb"],
+    ids=["wrong-type", "unknown-role", "recursion-bomb", "surrogate-content", "surrogate-key"],
 )
 def test_bad_input_is_refused_by_the_live_ingress(
     http: httpx.Client, content: bytes, param: str | None

@@ -158,7 +158,31 @@ def parse_json_object(raw: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) ->
         raise InvalidRequestError("Request body must be a JSON object.")
     if _json_depth_exceeds(body, max_depth):
         raise InvalidRequestError(f"Request body nests deeper than {max_depth} levels.")
+    # JSON may escape half of a UTF-16 surrogate pair (`"\\ud800"`); Python decodes it into a
+    # string no UTF-8 encoder (the engine, the cache, our own error message) can take.
+    if b"\\u" in raw and _has_lone_surrogate(body):
+        raise InvalidRequestError(
+            "Request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
+            "pair): not valid Unicode."
+        )
     return body
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def parse_request_body(
