@@ -26,8 +26,18 @@ _LIGHT_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _options(overrides: dict[str, Any]) -> dict[str, Any]:
-    options = {**_LIGHT_DEPLOYMENT_DEFAULTS, **overrides}
+# The cache and the router answer in milliseconds, once per admitted request; Serve's default
+# of 5 ongoing requests per replica would queue them behind each other (and cap the router's
+# batches at 5).
+_HELPER_MAX_ONGOING_REQUESTS = 64
+
+
+def _options(overrides: dict[str, Any], *, max_ongoing_requests: int) -> dict[str, Any]:
+    options = {
+        **_LIGHT_DEPLOYMENT_DEFAULTS,
+        "max_ongoing_requests": max_ongoing_requests,
+        **overrides,
+    }
     if "autoscaling_config" in overrides:
         options.pop("num_replicas", None)
     return options
@@ -38,18 +48,19 @@ def build_app(args: dict[str, Any]) -> Application:
     config = CascadeConfig.model_validate(args)
     small = build_tier_deployment("small", config.tiers["small"])
     large = build_tier_deployment("large", config.tiers["large"])
-    # Ray's default of 5 ongoing requests per replica would cap the router's batches at 5.
-    router_options = _options({"max_ongoing_requests": 64, **config.router.deployment_config})
+    helper = _HELPER_MAX_ONGOING_REQUESTS
+    router_options = _options(config.router.deployment_config, max_ongoing_requests=helper)
     router = serve.deployment(ServedRouter, name="router", **router_options)
     cache = None
     if config.cache.enabled:
-        cache_deployment = serve.deployment(
-            SemanticCache, name="semantic-cache", **_options(config.cache.deployment_config)
-        )
+        cache_options = _options(config.cache.deployment_config, max_ongoing_requests=helper)
+        cache_deployment = serve.deployment(SemanticCache, name="semantic-cache", **cache_options)
         cache = cache_deployment.bind(config.cache.model_dump())
-    ingress = serve.deployment(
-        CascadeIngress, name="ingress", **_options(config.ingress.deployment_config)
+    ingress_options = _options(
+        config.ingress.deployment_config,
+        max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
+    ingress = serve.deployment(CascadeIngress, name="ingress", **ingress_options)
     return ingress.bind(
         config.model_dump(),
         small=small,

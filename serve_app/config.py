@@ -243,11 +243,17 @@ class QualityConfig(StrictModel):
     )
     judge_max_length: int = Field(default=256, gt=0, description="Tokens the judge reads.")
     allow_client_override: bool = Field(
-        default=True,
+        default=False,
         description="Honour a request's `x-cascade-quality: off|hold|relay` header, so a "
-        "client can trade the quality gate for time to first token (or skip it) per request.",
+        "client can trade the quality gate for time to first token (or skip it) per request. "
+        "Off by default: otherwise any client could switch the gate off.",
     )
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+
+
+# The ingress mostly awaits the tiers; with Serve's default of 5 ongoing requests per replica
+# every sixth concurrent request would wait in the proxy instead of being answered or refused.
+DEFAULT_INGRESS_MAX_ONGOING_REQUESTS = 256
 
 
 class IngressConfig(StrictModel):
@@ -282,10 +288,16 @@ class IngressConfig(StrictModel):
     )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def max_ongoing_requests(self) -> int:
+        return int(
+            self.deployment_config.get("max_ongoing_requests", DEFAULT_INGRESS_MAX_ONGOING_REQUESTS)
+        )
+
     @model_validator(mode="after")
     def _check_admission_below_replica_limit(self) -> IngressConfig:
-        ongoing = self.deployment_config.get("max_ongoing_requests")
-        if self.max_in_flight is not None and ongoing is not None and self.max_in_flight >= ongoing:
+        ongoing = self.max_ongoing_requests
+        if self.max_in_flight is not None and self.max_in_flight >= ongoing:
             raise ValueError(
                 f"ingress.max_in_flight ({self.max_in_flight}) must be below the ingress's "
                 f"max_ongoing_requests ({ongoing}): the proxy queues requests past that, so "

@@ -385,3 +385,28 @@ def test_every_tier_serves_tool_calls_with_one_parser_vllm_knows(path: Path) -> 
         parsers.add(tier.engine_kwargs.get("tool_call_parser"))
     (parser,) = parsers
     assert ToolParserManager.get_tool_parser(parser) is not None
+
+
+def test_deployments_a_config_leaves_unbounded_do_not_inherit_serves_limit_of_5(
+    offline_ray,
+) -> None:
+    """Left out of a config, the ingress, cache and router still take as many requests at once
+    as the ingress admits (Serve's default of 5 would queue the sixth in the proxy)."""
+    args = _args(LOCAL)
+    for section in ("ingress", "cache", "router"):
+        args[section].get("deployment_config", {}).pop("max_ongoing_requests", None)
+    built = _build(args)
+    admitted = CascadeConfig.model_validate(args).ingress.max_in_flight
+    assert _schema(built["ingress"])["max_ongoing_requests"] > admitted
+    for helper in ("semantic-cache", "router"):
+        assert _schema(built[helper])["max_ongoing_requests"] >= admitted, helper
+
+
+def test_clients_cannot_switch_the_quality_gate_off_unless_the_operator_allows_it() -> None:
+    from serve_app.config import QualityConfig
+    from serve_app.gateway.pipeline import _quality_mode
+
+    off = {"x-cascade-quality": "off"}
+    assert _quality_mode(QualityConfig(), off) == QualityConfig().stream_mode
+    assert _quality_mode(CascadeConfig.model_validate(_args(PRODUCTION)).quality, off) != "off"
+    assert _quality_mode(QualityConfig(allow_client_override=True), off) == "off"
