@@ -18,6 +18,7 @@ from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import QualityConfig
 from serve_app.protocol.errors import TierUnavailableError
 from serve_app.protocol.openai_api import Answer
+from serve_app.quality.circuit_breaker import CircuitBreaker
 from serve_app.quality.fallback import TierFallback
 from tests.helpers import ScriptedTier
 
@@ -139,3 +140,52 @@ def test_a_weak_small_answer_beats_a_dead_large_tier_only_when_degraded_is_allow
     assert answer.model == "cascade-small"
     assert (trace.tier, trace.escalation_reason, trace.degraded) == ("small", "truncated", True)
     assert trace.headers()["x-cascade-degraded"] == "true"
+
+
+def test_slow_small_answers_lost_to_the_hedge_do_not_open_the_small_circuit() -> None:
+    # Under load the small tier is slow, not broken: every request is hedged and the large
+    # tier wins. Counting each aborted small call as a failure opened the small circuit after
+    # `failure_threshold` of them and sent all traffic to the large tier for the cool-down.
+    small = ScriptedTier("cascade-small", delay_s=0.5)
+    large = ScriptedTier("cascade-large", delay_s=0.02)
+    fallback = TierFallback(
+        {"small": small, "large": large},
+        {"small": SMALL_PRICE, "large": LARGE_PRICE},
+        QualityConfig(
+            small_tier_timeout_s=0.05, circuit_breaker={"failure_threshold": 2, "cooldown_s": 60}
+        ),
+    )
+
+    async def burst() -> list[RequestTrace]:
+        traces = [
+            RequestTrace(pinned=False, cost=RequestCost(LARGE_PRICE), tier="small")
+            for _ in range(3)
+        ]
+        await asyncio.gather(*(fallback.answer(BODY, "chat", trace) for trace in traces))
+        return traces
+
+    traces = asyncio.run(burst())
+    assert [(t.tier, t.escalation_reason, t.hedged) for t in traces] == [
+        ("large", "timeout", True)
+    ] * 3
+    assert small.cancelled == 3
+    assert fallback.breakers["small"].state == "closed"
+    trace, _ = _ask(fallback)  # the next request still tries the small tier first
+    assert (trace.escalation_reason, small.calls) == ("timeout", 4)
+
+
+def test_a_half_open_small_trial_lost_to_the_hedge_leaves_the_circuit_half_open() -> None:
+    small = ScriptedTier("cascade-small", delay_s=0.5)
+    large = ScriptedTier("cascade-large", delay_s=0.02)
+    fallback = _fallback(small, large, timeout_s=0.05)
+    now_s = [100.0]
+    fallback.breakers["small"] = CircuitBreaker(1, cooldown_s=10, clock=lambda: now_s[0])
+    fallback.breakers["small"].record_failure()
+    now_s[0] += 11
+    trace, answer = _ask(fallback)  # the trial: slow, so hedged, and the large tier wins
+    assert (answer.model, trace.hedged, small.calls) == ("cascade-large", True, 1)
+    assert fallback.breakers["small"].state == "half_open"  # slow is not broken
+    small.delay_s = 0.0
+    trace, answer = _ask(fallback)  # the next request is the trial, and closes the circuit
+    assert (answer.model, trace.hedged) == ("cascade-small", False)
+    assert fallback.breakers["small"].state == "closed"

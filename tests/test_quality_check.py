@@ -9,7 +9,8 @@ import pytest
 
 from serve_app.accounting.cost_model import RequestCost, TierPrice
 from serve_app.accounting.request_trace import RequestTrace
-from serve_app.config import QualityConfig
+from serve_app.config import QualityConfig, TierName
+from serve_app.protocol.errors import CascadeError, OverloadedError, UpstreamError
 from serve_app.protocol.openai_api import Answer, client_asked_for_logprobs
 from serve_app.quality.checks import QualityGate
 from serve_app.quality.circuit_breaker import CircuitBreaker
@@ -151,3 +152,104 @@ def test_quality_off_still_fails_over_on_errors() -> None:
     small.failing = True
     trace = ask()
     assert (trace.tier, trace.escalation_reason) == ("large", "error")
+
+
+# ---- a half-open trial that ends without an outcome must not wedge the circuit -------------
+
+BODY = {"model": "cascade", "messages": [{"role": "user", "content": "Capital of France?"}]}
+PRICE = TierPrice(1e-6, 2e-6)
+
+
+class RefusingTier(ScriptedTier):
+    """A scripted tier that answers with `error` while it is set (a refusal, not a dead tier)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.error: CascadeError | None = None
+
+    async def complete(self, body: dict, kind: str) -> dict:
+        if self.error is not None:
+            self.calls += 1
+            raise self.error
+        return await super().complete(body, kind)
+
+
+def _half_open(tier: TierName) -> tuple[TierFallback, RefusingTier, FakeClock]:
+    """A fallback whose `tier` circuit has just turned half-open."""
+    tiers = {"small": RefusingTier("cascade-small"), "large": RefusingTier("cascade-large")}
+    prices = {"small": PRICE, "large": PRICE}
+    fallback = TierFallback(tiers, prices, QualityConfig())  # type: ignore[arg-type]
+    clock = FakeClock()
+    fallback.breakers[tier] = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock)
+    fallback.breakers[tier].record_failure()
+    clock.now_s += 11
+    assert fallback.breakers[tier].state == "half_open"
+    return fallback, tiers[tier], clock
+
+
+def _ask_routed(fallback: TierFallback, tier: TierName, timeout_s: float = 5.0) -> RequestTrace:
+    trace = RequestTrace(pinned=False, cost=RequestCost(PRICE), tier=tier)
+    asyncio.run(asyncio.wait_for(fallback.answer(BODY, "chat", trace), timeout_s))
+    return trace
+
+
+def test_a_released_trial_frees_only_its_own_half_open_slot() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock)
+    assert breaker.admit() is not None  # closed: a call goes through
+    breaker.record_failure()
+    clock.now_s += 11
+    trial = breaker.admit()
+    assert trial is not None and breaker.admit() is None
+    breaker.release(trial)  # the trial was cancelled: neither success nor failure
+    assert breaker.state == "half_open"
+    second = breaker.admit()
+    assert second is not None  # the next request is the trial now
+    breaker.release(trial)  # a stale release does not free the second trial's slot
+    assert breaker.admit() is None
+    breaker.record_success()
+    breaker.release(second)  # a release after the outcome changes nothing
+    assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize("tier", ["small", "large"])
+def test_a_cancelled_half_open_trial_does_not_wedge_the_circuit(tier: TierName) -> None:
+    fallback, scripted, _ = _half_open(tier)
+    scripted.delay_s = 5.0  # the trial hangs until the request's deadline cancels it
+    with pytest.raises(TimeoutError):
+        _ask_routed(fallback, tier, timeout_s=0.1)
+    assert scripted.cancelled == 1
+    assert fallback.breakers[tier].state == "half_open"  # no evidence either way
+
+    scripted.delay_s = 0.0
+    trace = _ask_routed(fallback, tier)  # the next request is the trial, and closes it
+    assert (trace.tier, trace.escalated) == (tier, False)
+    assert fallback.breakers[tier].state == "closed"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OverloadedError("queue full"),
+        UpstreamError("prompt too long", status_code=400, error_type="invalid_request_error"),
+    ],
+    ids=["overloaded", "refused-400"],
+)
+def test_a_half_open_trial_refused_without_a_verdict_releases_the_slot(
+    error: CascadeError,
+) -> None:
+    # Neither a full queue nor a refused request says the tier is broken (they never open the
+    # circuit), nor that it is healthy: the circuit stays half-open for the next request.
+    fallback, small, _ = _half_open("small")
+    small.error = error
+    try:
+        _ask_routed(fallback, "small")
+    except CascadeError:
+        pass  # a 400 is the client's; a full small queue escalates to the large tier
+    assert small.calls == 1
+    assert fallback.breakers["small"].state == "half_open"
+
+    small.error = None
+    trace = _ask_routed(fallback, "small")
+    assert (trace.tier, trace.escalated) == ("small", False)
+    assert fallback.breakers["small"].state == "closed"

@@ -8,6 +8,10 @@
 - When the large tier fails, a routed request is answered by the small tier only if the
   config allows degraded answers (flagged in the headers); otherwise the error stands.
 - Pinned requests go to their tier and nowhere else: the client chose it.
+- Each tier's circuit breaker counts its calls' failures (5xx other than a full queue) and
+  successes. A call cancelled (client gone, deadline, lost hedge) or refused without a verdict
+  counts as neither; a half-open trial that ends so frees the trial slot for the next request.
+  A slow small call the hedge beat is therefore no failure of the small tier.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -105,9 +110,9 @@ class TierFallback:
         """A relayed stream from `trace.tier`; failures before the first token fall back."""
         tier = trace.tier
         try:
-            if not trace.pinned and not self.breakers[tier].allow():
-                raise TierUnavailableError(f"The {tier} tier's circuit is open.")
-            stream = await self._guarded(tier, self.tiers[tier].open_stream(body, kind), trace)
+            with self._admitted(tier, pinned=trace.pinned):
+                call = self.tiers[tier].open_stream(body, kind)
+                stream = await self._guarded(tier, call, trace)
         except CascadeError as error:
             other = self._fallback_tier(tier, trace, error)
             if other is None:
@@ -119,7 +124,8 @@ class TierFallback:
     async def _ask_small_then_escalate(
         self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, judged: bool
     ) -> tuple[dict[str, Any], Answer]:
-        if not self.breakers["small"].allow():
+        permit = self.breakers["small"].admit()
+        if permit is None:
             return await self._escalate(body, kind, trace, _Escalation("small_circuit_open"))
         small = asyncio.ensure_future(self._small_attempt(body, kind, trace, judged))
         try:
@@ -127,6 +133,8 @@ class TierFallback:
             outcome = small.result() if done else await self._hedge(small, body, kind, trace)
         finally:
             small.cancel()  # a no-op once it is done; aborts its generation otherwise
+            # A trial cancelled (or never started) before an outcome frees the trial slot.
+            self.breakers["small"].release(permit)
         if isinstance(outcome, _Escalation):
             return await self._escalate(body, kind, trace, outcome)
         return outcome
@@ -176,9 +184,10 @@ class TierFallback:
 
         The small call keeps running (cancelling it would throw away most of an answer that
         may be seconds from done); whichever tier loses is cancelled, which aborts its
-        generation, and its prefill is charged.
+        generation, and its prefill is charged. Slow is not broken: a small call cancelled
+        because the large tier won counts as no failure of the small tier, or a few slow
+        answers under load would open its circuit and send all traffic to the large tier.
         """
-        self.breakers["small"].record_failure()
         trace.hedged = True
         large = asyncio.ensure_future(self._ask("large", body, kind, trace))
         try:
@@ -231,13 +240,29 @@ class TierFallback:
         self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
     ) -> tuple[dict[str, Any], Answer]:
         try:
-            if not self.breakers["large"].allow():
-                raise TierUnavailableError("The large tier's circuit is open.")
-            return await self._ask("large", body, kind, trace)
+            with self._admitted("large"):
+                return await self._ask("large", body, kind, trace)
         except CascadeError as error:
             if not self._degraded_after(error, trace):
                 raise
             return await self._ask("small", body, kind, trace)
+
+    @contextmanager
+    def _admitted(self, tier: TierName, *, pinned: bool = False) -> Iterator[None]:
+        """Around a call to `tier`: refuses it while the circuit is open (a pinned request
+        skips the breaker: the client chose the tier), and hands a half-open trial's slot back
+        when the call ends without an outcome (cancelled, or refused for load)."""
+        if pinned:
+            yield
+            return
+        breaker = self.breakers[tier]
+        permit = breaker.admit()
+        if permit is None:
+            raise TierUnavailableError(f"The {tier} tier's circuit is open.")
+        try:
+            yield
+        finally:
+            breaker.release(permit)
 
     async def _ask(
         self, tier: TierName, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
