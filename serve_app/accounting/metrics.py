@@ -149,7 +149,9 @@ class IngressMetrics:
             ),
             router_fallbacks=Counter(
                 "cascade_router_fallbacks",
-                description="Requests routed by the ingress's heuristic because the router failed.",
+                description="Requests routed by the ingress's heuristic instead of the router "
+                "deployment, by reason: error (the call failed), timeout (past router.timeout_s).",
+                tag_keys=("reason",),
             ),
             cache_fail_opens=_cache_fail_opens(),
             latency_s=Histogram(

@@ -44,6 +44,7 @@ from serve_app.protocol.openai_api import (
 from serve_app.quality.cache_policy import uncacheable_reason
 from serve_app.quality.fallback import TierFallback
 from serve_app.routing.router import Router
+from serve_app.routing.scorers import RouteDecision
 from serve_app.routing.text import routing_text
 from serve_app.tiers.client import TierClient
 
@@ -259,17 +260,45 @@ class RequestPipeline:
         if pinned is not None:
             return pinned
         text = routing_text(body, kind)
-        try:
-            decision = await self.router.route.remote(text)
-        except DEPLOYMENT_CALL_FAILURES as e:
-            # Router down: the documented heuristic, computed here, keeps requests flowing.
-            logger.warning("Router unavailable (%s); routing with the heuristic", type(e).__name__)
-            self.metrics.router_fallbacks.inc()
+        decision = await self._ask_router(text)
+        if decision is None:
+            # Router down or slow: the documented heuristic, computed here, keeps requests
+            # flowing.
             decision = await self.fallback_router.route(text)
         trace.routed_to = decision.tier
         trace.route_score = decision.score
         trace.cost.charge_router(self._cpu_usd(decision.latency_ms))
         return decision.tier
+
+    async def _ask_router(self, text: str) -> RouteDecision | None:
+        """The router deployment's decision, or None (counted, by reason) when its call fails
+        or overruns `router.timeout_s`.
+
+        Routing happens before the request's deadline starts, so this budget is all that stands
+        between a hung router replica and a hung request. An abandoned call is cancelled and
+        its outcome retrieved: a late reply is dropped without an "exception was never
+        retrieved" log, and a hung replica leaves no awaiting task behind per request.
+        """
+        call: asyncio.Future[RouteDecision] | None = None
+        try:
+            call = asyncio.ensure_future(self.router.route.remote(text))
+            done, _ = await asyncio.wait({call}, timeout=self.config.router.timeout_s)
+            if done:
+                return call.result()
+            reason = "timeout"
+            logger.warning(
+                "Router took over %g s; routing with the heuristic", self.config.router.timeout_s
+            )
+        except DEPLOYMENT_CALL_FAILURES as e:
+            reason = "error"
+            logger.warning("Router unavailable (%s); routing with the heuristic", type(e).__name__)
+        finally:
+            # Also when this routing is dropped (a cache hit cancels it).
+            if call is not None and not call.done():
+                call.cancel()
+                call.add_done_callback(_discard_outcome)
+        self.metrics.router_fallbacks.inc(tags={"reason": reason})
+        return None
 
     def _cpu_usd(self, latency_ms: float) -> float:
         """Price of CPU work (cache lookup, routing) at the configured CPU core price."""
