@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.faults import connect_to_stack
 from benchmarks.load_generator import (
     DEFAULT_CONFIG,
     REQUEST_TIMEOUT_S,
@@ -64,7 +65,7 @@ from benchmarks.load_generator import (
     tier_prices,
 )
 from benchmarks.workload import DEFAULT_WORKLOAD, WorkloadItem, load_workload
-from devtools.models import resolve_model_source
+from serve_app.model_sources import resolve_model_source
 from serve_app.ops.planner.plan import load_cascade_config
 from serve_app.protocol.errors import CascadeError
 from serve_app.tiers.client import TierClient
@@ -199,7 +200,11 @@ async def latency_round(
 async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    ray.init(address=args.ray_address, log_to_driver=False)
+    if args.ray_address:
+        ray.init(address=args.ray_address, log_to_driver=False)
+    else:
+        # The cluster serving --url, not the latest one started on this machine.
+        connect_to_stack(args.url)
     config = load_cascade_config(args.config)
     model_id = config.tiers[args.tier].model_id
     prices = tier_prices(args.config)
@@ -328,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.overhead_benchmark", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the cascade's address")
-    parser.add_argument("--ray-address", default="auto", help="the cascade's Ray cluster")
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="the cascade's Ray cluster (default: the one serving --url)",
+    )
     parser.add_argument("--tier", choices=("small", "large"), default="small")
     parser.add_argument("--workload", type=Path, default=DEFAULT_WORKLOAD)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)

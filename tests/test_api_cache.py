@@ -115,8 +115,13 @@ def test_route_endpoint_explains_without_generating(http: httpx.Client) -> None:
         "/v1/route",
         json={
             "model": "cascade",
-            "prompt": "Prove step by step that the derivative of x^3 + 2x is 3x^2 + 2, then "
-            "implement an algorithm computing it for any polynomial and analyse its complexity.",
+            # The shipped router's difficulty signal that carries across sources is the size
+            # of the task (docs/router_evaluation.md): a multi-part request goes large.
+            "prompt": "Prove step by step that the derivative of x^3 + 2x is 3x^2 + 2, using "
+            "the limit definition and stating each rule you apply. Then implement an algorithm "
+            "that differentiates any polynomial given as a list of coefficients, extend it to "
+            "products and quotients of polynomials, analyse its time and memory complexity, "
+            "and compare it with symbolic differentiation in a computer algebra system.",
         },
     )
     assert easy.status_code == hard.status_code == 200

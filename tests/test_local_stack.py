@@ -100,10 +100,11 @@ def test_a_ray_cluster_started_by_hand_survives_a_stack_stop(tmp_path: Path) -> 
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _replica_pids(deployment: str) -> list[int]:
+def _replica_pids(address: str, deployment: str) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    filters = [("state", "=", "ALIVE")]
+    actors = list_actors(address=address, filters=filters, detail=True, limit=1000)
     return [a.pid for a in actors if f"#{deployment}#" in (a.name or "")]
 
 
@@ -117,13 +118,13 @@ def test_local_engines_run_below_the_gateway(cascade_url: str) -> None:
     CPU priority, while the ingress keeps Ray's, so the gateway is served first."""
     import psutil
 
-    from benchmarks.faults import connect_to_stack
+    from benchmarks.faults import stack_ray_address
 
-    connect_to_stack(cascade_url)
+    address = stack_ray_address(cascade_url)
     for tier in ("llm-small", "llm-large"):
-        (replica,) = _replica_pids(tier)
+        (replica,) = _replica_pids(address, tier)
         tree = [replica, *(p.pid for p in psutil.Process(replica).children(recursive=True))]
         assert len(tree) >= 3, f"{tier}: no vLLM engine processes under the replica"
         assert {pid: _thread_niceness(pid) for pid in tree} == {pid: {19} for pid in tree}
-    (ingress,) = _replica_pids("ingress")
+    (ingress,) = _replica_pids(address, "ingress")
     assert max(_thread_niceness(ingress)) < 19
