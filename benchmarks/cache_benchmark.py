@@ -52,7 +52,7 @@ from benchmarks.cache_options import (
 )
 from benchmarks.cache_pairs import Pair, first_of_each_group, load_pairs
 from benchmarks.cache_report import format_report, plot_report, write_report
-from serve_app.cache.deployment import Embedder, SentenceTransformerEmbedder
+from serve_app.cache.embedder import Embedder, make_embedder
 from serve_app.config import CacheConfig
 
 # ---- the run ----------------------------------------------------------------------------
@@ -69,6 +69,7 @@ def run_benchmark(options: BenchmarkOptions, *, embedder: Embedder | None = None
             "out": str(options.out),
         },
         "configured_default": {
+            "embedding_model": CacheConfig().embedding_model,
             "similarity_threshold": CacheConfig().similarity_threshold,
             "verify_candidates": CacheConfig().verify_candidates,
         },
@@ -93,7 +94,10 @@ def _pairs_report(options: BenchmarkOptions, embedder: Embedder | None) -> dict[
         else all_pairs
     )
     if embedder is None:
-        embedder = SentenceTransformerEmbedder(CacheConfig().embedding_model)
+        embedder = make_embedder(
+            options.embedding_model or CacheConfig().embedding_model,
+            CacheConfig().embedding_threads,
+        )
     memo = MemoEmbedder(embedder)
     points = evaluate_pairs(
         pairs, memo, thresholds=options.swept_thresholds(), progress=options.progress
@@ -144,7 +148,13 @@ def _details(point: SweepPoint) -> dict[str, Any]:
 
 def _machine() -> dict[str, Any]:
     versions = {}
-    for dist in ("qdrant-edge-py", "qdrant-client", "sentence-transformers", "torch"):
+    for dist in (
+        "qdrant-edge-py",
+        "qdrant-client",
+        "sentence-transformers",
+        "torch",
+        "onnxruntime",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -199,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="thresholds swept on the pairs (default 0.80 … 0.98)",
     )
     parser.add_argument("--skip-pairs", action="store_true", help="skip part (b)")
+    parser.add_argument(
+        "--embedding-model",
+        default=None,
+        help="embedder of part (b), e.g. packaged://all-minilm-l6-v2 for torch fp32 "
+        f"(default: the configured {CacheConfig().embedding_model})",
+    )
     parser.add_argument(
         "--pairs",
         type=Path,
@@ -264,6 +280,7 @@ def options_from_args(args: argparse.Namespace) -> BenchmarkOptions:
         "sizes": tuple(args.sizes) if args.sizes is not None else None,
         "queries": args.queries,
         "thresholds": tuple(args.thresholds) if args.thresholds else None,
+        "embedding_model": args.embedding_model,
         "repetitions": args.repetitions,
     }
     given |= {name: value for name, value in optional.items() if value is not None}

@@ -40,6 +40,11 @@ class MemoEmbedder:
     def dim(self) -> int:
         return self._embedder.dim
 
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray([self.embed(text) for text in texts], dtype=np.float32)
+
     def embed(self, text: str) -> list[float]:
         vector = self._vectors.get(text)
         if vector is None:

@@ -48,6 +48,8 @@ class BenchmarkOptions:
     """Similarity thresholds swept on the pair set; the configured default is always added."""
     evaluate_pairs: bool = True
     """Run part (b), which loads the embedding model."""
+    embedding_model: str | None = None
+    """Embedder of part (b); None: the configured default (`CacheConfig().embedding_model`)."""
     pairs_path: Path = PAIRS_PATH
     pairs_per_group: int | None = None
     """Evaluate only the first N pairs of each (kind, label) group; None means all."""
