@@ -93,14 +93,19 @@ class CacheConfig(StrictModel):
     )
     collection: str = "cascade_cache"
     embedding_model: str = Field(
-        default="packaged://all-minilm-l6-v2",
-        description="sentence-transformers model path or `packaged://all-minilm-l6-v2`.",
+        default="packaged://all-minilm-l6-v2-onnx-int8",
+        description="The cache's embedder (serve_app.cache.embedder): an ONNX export that "
+        "`make models` builds, `packaged://all-minilm-l6-v2-onnx-int8` (int8, ~2 ms a "
+        "question on one core) or `packaged://all-minilm-l6-v2-onnx` (fp32, same vectors as "
+        "torch), or a sentence-transformers model run by torch: `packaged://all-minilm-l6-v2`, "
+        "a hub id or a local directory. A missing export fails the replica at start.",
     )
     embedding_threads: int | None = Field(
         default=1,
         ge=1,
-        description="torch threads of the cache replica's embedder; one query at a time gains "
-        "little from more, and extra threads fight the engines for cores. None: torch default.",
+        description="intra-op threads of the cache replica's embedder (ONNX Runtime or torch); "
+        "one query at a time gains little from more, and extra threads fight the engines for "
+        "cores. None: the runtime's default.",
     )
     similarity_threshold: float = Field(
         default=0.92, gt=0, le=1, description="Minimum cosine similarity for a semantic hit."

@@ -2,8 +2,8 @@
 
 The benchmark prints timings and these tests never assert one; they check that every part
 runs and reports, and that the cache as configured by default serves none of the near-miss
-pairs (negations, other numbers, entities, directions, polarity), through the real embedder
-and the real Edge store.
+pairs (negations, other numbers, entities, directions, polarity), through the shipped embedder
+(`CacheConfig().embedding_model`) and the real Edge store.
 """
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ from benchmarks.cache_latency import STORE_NAMES
 from benchmarks.cache_options import BenchmarkOptions
 from benchmarks.cache_pairs import NEAR_MISS_KINDS, Pair, load_pairs
 from benchmarks.cache_report import format_report, plot_report, write_report
-from serve_app.cache.deployment import SentenceTransformerEmbedder
+from devtools.models import prepare_source
+from serve_app.cache.embedder import Embedder, make_embedder
 from serve_app.config import CacheConfig
 
 DEFAULT_THRESHOLD = CacheConfig().similarity_threshold
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(CacheConfig().embedding_model)
+def embedder() -> Embedder:
+    prepare_source(CacheConfig().embedding_model)
+    return make_embedder(CacheConfig().embedding_model, CacheConfig().embedding_threads)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,7 @@ def test_pair_set_has_both_labels_for_every_near_miss_kind(pairs: list[Pair]) ->
     assert all(pair.stored != pair.asked for pair in pairs), "identical questions hit exactly"
 
 
-def test_quick_run_reports_every_part(
-    tmp_path: Path, embedder: SentenceTransformerEmbedder
-) -> None:
+def test_quick_run_reports_every_part(tmp_path: Path, embedder: Embedder) -> None:
     out = tmp_path / "cache_benchmark.json"
     options = BenchmarkOptions.quick(out=out, queries=10, progress=False)
 
@@ -102,7 +102,7 @@ def test_command_line_selects_quick_mode_and_parts(tmp_path: Path) -> None:
 
 
 def test_no_near_miss_pair_hits_at_the_configured_threshold(
-    pairs: list[Pair], embedder: SentenceTransformerEmbedder
+    pairs: list[Pair], embedder: Embedder
 ) -> None:
     """Issue 3: zero false hits on the near-miss set at the chosen threshold, guard on."""
     near_misses = [p for p in pairs if p.kind in NEAR_MISS_KINDS and not p.should_hit]
