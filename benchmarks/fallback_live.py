@@ -69,7 +69,7 @@ def run_checks(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import httpx
 
     from serve_app.config import QualityConfig
-    from serve_app.protocol.openai_api import answer_from_response
+    from serve_app.protocol.responses import answer_from_response
     from serve_app.quality.checks import QualityGate
 
     questions = labelled_questions(args.check_questions)

@@ -19,9 +19,9 @@ import pytest
 from serve_app.accounting.cost_model import RequestCost, TierPrice
 from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import QualityConfig, TierName
-from serve_app.protocol.openai_api import (
+from serve_app.protocol.openai_api import RequestKind
+from serve_app.protocol.responses import (
     Answer,
-    RequestKind,
     StreamAccumulator,
     answer_from_response,
     parse_sse_event,

@@ -17,7 +17,7 @@ from serve_app.accounting.cost_model import RequestCost, TierPrice
 from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import QualityConfig
 from serve_app.protocol.errors import TierUnavailableError
-from serve_app.protocol.openai_api import Answer
+from serve_app.protocol.responses import Answer
 from serve_app.quality.circuit_breaker import CircuitBreaker
 from serve_app.quality.fallback import TierFallback
 from tests.helpers import ScriptedTier

@@ -17,7 +17,7 @@ from router_training.cli import main
 from router_training.config import load_config
 from router_training.data import read_jsonl, split_by_group
 from serve_app.config import QualityConfig
-from serve_app.protocol.openai_api import Answer
+from serve_app.protocol.responses import Answer
 from serve_app.quality.checks import QualityGate
 from serve_app.quality.judge import AnswerJudge
 from serve_app.quality.judge_format import judge_text

@@ -11,7 +11,8 @@ from serve_app.accounting.cost_model import RequestCost, TierPrice
 from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import QualityConfig, TierName
 from serve_app.protocol.errors import CascadeError, OverloadedError, UpstreamError
-from serve_app.protocol.openai_api import Answer, client_asked_for_logprobs
+from serve_app.protocol.openai_api import client_asked_for_logprobs
+from serve_app.protocol.responses import Answer
 from serve_app.quality.checks import QualityGate
 from serve_app.quality.circuit_breaker import CircuitBreaker
 from serve_app.quality.fallback import TierFallback

@@ -18,7 +18,8 @@ from serve_app.cache.keys import CacheKey, cache_key_for_request
 from serve_app.config import CacheConfig
 from serve_app.protocol.errors import DEPLOYMENT_CALL_FAILURES
 from serve_app.protocol.headers import seconds_header
-from serve_app.protocol.openai_api import Answer, RequestKind
+from serve_app.protocol.openai_api import RequestKind
+from serve_app.protocol.responses import Answer
 
 logger = logging.getLogger("ray.serve")
 

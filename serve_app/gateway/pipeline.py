@@ -32,15 +32,12 @@ from serve_app.protocol.errors import (
     RequestTimeoutError,
 )
 from serve_app.protocol.openai_api import (
-    Answer,
     RequestKind,
     client_wants_usage_chunk,
     parse_request_body,
-    replay_as_sse,
     requested_max_tokens,
-    response_as_sse,
-    response_json,
 )
+from serve_app.protocol.responses import Answer, replay_as_sse, response_as_sse, response_json
 from serve_app.quality.cache_policy import uncacheable_reason
 from serve_app.quality.fallback import TierFallback
 from serve_app.routing.router import Router

@@ -20,7 +20,7 @@ limit are answered by it.
 from __future__ import annotations
 
 from serve_app.accounting.request_trace import RequestTrace
-from serve_app.protocol.openai_api import Answer
+from serve_app.protocol.responses import Answer
 from serve_app.quality.checks import QualityGate, cut_at_client_limit
 
 _COMPLETE_FINISHES = ("stop", "length")

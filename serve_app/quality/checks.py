@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from serve_app.config import QualityConfig, TierName
-from serve_app.protocol.openai_api import Answer
+from serve_app.protocol.responses import Answer
 from serve_app.quality.judge import AnswerJudge, judge_failures_counter
 
 QualityCheck = Callable[[Answer], str | None]

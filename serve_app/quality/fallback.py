@@ -29,14 +29,12 @@ from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import TIER_NAMES, QualityConfig, TierName
 from serve_app.protocol.errors import CascadeError, OverloadedError, TierUnavailableError
 from serve_app.protocol.openai_api import (
-    Answer,
     RequestKind,
-    answer_from_response,
     client_asked_for_logprobs,
     requested_max_tokens,
     with_internal_logprobs,
-    without_logprobs,
 )
+from serve_app.protocol.responses import Answer, answer_from_response, without_logprobs
 from serve_app.quality.checks import QualityGate
 from serve_app.quality.circuit_breaker import CircuitBreaker
 from serve_app.routing.text import routing_text

@@ -18,11 +18,10 @@ from serve_app.protocol.errors import (
     TierUnavailableError,
     UpstreamError,
 )
-from serve_app.protocol.openai_api import (
+from serve_app.protocol.openai_api import RequestKind, engine_body
+from serve_app.protocol.responses import (
     Answer,
-    RequestKind,
     StreamAccumulator,
-    engine_body,
     parse_sse_event,
     sse_event,
     without_engine_nulls,
