@@ -65,7 +65,11 @@ class Backend:
 
 def build_backends(names: Sequence[str], threads: int, scratch: Path) -> list[Backend]:
     """The embedders to compare; the ONNX exports must have been built (`make models`)."""
-    from devtools.models import MINILM_ONNX, MINILM_ONNX_INT8, quantize_sentence_onnx
+    from serve_app.ops.embedder_export import (
+        MINILM_ONNX,
+        MINILM_ONNX_INT8,
+        quantize_sentence_onnx,
+    )
 
     built: list[Backend] = []
     for name in names:

@@ -11,9 +11,14 @@ built once into the model cache by the dev tooling (`make models`, i.e.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 PACKAGED_SCHEME = "packaged://"
 # Written last into a prepared model directory, so a half-written one is never served.
@@ -57,3 +62,24 @@ def resolve_model_source(source: str) -> str:
             f"(python -m devtools.models {name}) first"
         )
     return str(target)
+
+
+def prepare_into_cache(name: str, build: Callable[[Path], None]) -> Path:
+    """The model-cache directory `name`, built by `build(staging_dir)` unless already ready.
+
+    Built in a sibling temp dir and renamed, so a crash never leaves a half-written model.
+    """
+    target = prepared_dir(name)
+    if (target / READY_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        logger.info("preparing %s in %s", name, target)
+        build(staging)
+        (staging / READY_MARKER).write_text("ok\n")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,6 +1,7 @@
 """The cache's ONNX embedders against sentence-transformers (issue 20, part 2).
 
-The exports are the ones `make models` builds (devtools.models), prepared here on first use.
+The exports are the ones `make models` builds (serve_app.ops.embedder_export), prepared here
+on first use.
 The bounds are the ones measured (docs/benchmarks.md, "Cache embedder"): fp32 ONNX reproduces
 sentence-transformers' vectors to rounding; per-channel int8 stays >= 0.98 cosine of them.
 """
@@ -13,14 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devtools.models import (
-    CHECK_TEXTS,
-    MIN_COSINE,
-    MINILM_ONNX,
-    MINILM_ONNX_INT8,
-    MINILM_SOURCE,
-    prepare,
-)
 from serve_app.cache.deployment import SemanticCache, embedding_text
 from serve_app.cache.embedder import (
     ONNX_CARD,
@@ -32,6 +25,14 @@ from serve_app.cache.embedder import (
 )
 from serve_app.config import CacheConfig
 from serve_app.model_sources import PACKAGED_SCHEME, ModelNotPreparedError
+from serve_app.ops.embedder_export import (
+    CHECK_TEXTS,
+    MIN_COSINE,
+    MINILM_ONNX,
+    MINILM_ONNX_INT8,
+    MINILM_SOURCE,
+)
+from serve_app.ops.embedder_export import prepare_embedder as prepare
 
 # Real prompts: pair-set questions, a code question, a long multi-sentence one, non-ASCII.
 PROMPTS = [

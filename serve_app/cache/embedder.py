@@ -3,11 +3,12 @@
 Two implementations of one small protocol (`Embedder`):
 
 - `OnnxEmbedder`: an ONNX Runtime export of a sentence-transformers model, built at set-up by
-  `make models` (devtools.models) into the model cache. The graph itself does the mean pooling
-  over real tokens and the L2 normalisation, exactly as sentence-transformers' Pooling and
-  Normalize modules do; the directory carries the tokenizer and an `embedder.json` card
-  (`ONNX_CARD`). `packaged://all-minilm-l6-v2-onnx-int8` (dynamic int8, per-channel) is the
-  shipped default; `packaged://all-minilm-l6-v2-onnx` is the fp32 export.
+  `make models` / `cascade-prepare-embedder` (serve_app/ops/embedder_export.py) into the model
+  cache. The graph itself does the mean pooling over real tokens and the L2 normalisation,
+  exactly as sentence-transformers' Pooling and Normalize modules do; the directory carries the
+  tokenizer and an `embedder.json` card (`ONNX_CARD`). `packaged://all-minilm-l6-v2-onnx-int8`
+  (dynamic int8, per-channel) is the shipped default; `packaged://all-minilm-l6-v2-onnx` is
+  the fp32 export.
 - `SentenceTransformerEmbedder`: the model through sentence-transformers and torch
   (`packaged://all-minilm-l6-v2`, a hub id or a local directory).
 
