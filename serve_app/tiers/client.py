@@ -34,10 +34,9 @@ _TIER_FAILURES = (RayActorError, RayTaskError, BackPressureError, DeploymentUnav
 
 
 def _engine_request(body: dict[str, Any], kind: RequestKind, *, model: str, stream: bool) -> Any:
-    from ray.llm._internal.serve.core.configs.openai_api_models import (
-        ChatCompletionRequest,
-        CompletionRequest,
-    )
+    # Imported on first use: the request models pull in vLLM, which the gateway's other
+    # modules (and offline tools importing them) do not need.
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
     request_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
     try:
