@@ -67,7 +67,8 @@ def stack_ray_address(base_url: str) -> str:
 def use_ray_token_auth_if_configured() -> None:
     """A local cluster started while ~/.ray/auth_token exists requires that token, and Ray only
     picks it up by itself for address="auto"; an explicit address needs the mode set before
-    Ray first reads its config in this process (i.e. before anything initialises Ray)."""
+    Ray first reads its config in this process (i.e. before anything initialises Ray). Importing
+    the `benchmarks` package already did this; it is repeated for a token created since."""
     if (Path.home() / ".ray" / "auth_token").exists():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
