@@ -117,7 +117,7 @@ def _router_scores(router_checkpoint: Path | None, outcomes) -> tuple[np.ndarray
 def _prompt_tokens(outcomes) -> np.ndarray:
     from transformers import AutoTokenizer
 
-    from router_training.config import resolve_model_source
+    from serve_app.model_sources import resolve_model_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("packaged://all-minilm-l6-v2"))
     encoded = tokenizer([o.prompt for o in outcomes], add_special_tokens=False)["input_ids"]

