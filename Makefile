@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup models run test lint
+.PHONY: setup servers models run test lint
 
 setup: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
+# Servers the tests start privately (Debian packages): redis-server for the rate limits shared
+# by ingress replicas (tests/redis_server.py), prometheus for the metrics tests. Installed only
+# when missing, as root (CI runs as root).
+servers:
+	@command -v redis-server >/dev/null && command -v prometheus >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus)
+
 models: setup
 	$(PY) -m devtools.models
 
@@ -31,5 +38,5 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: models lint
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+test: models lint servers
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CASCADE_REQUIRE_SERVERS=1 $(PY) -m pytest -q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -78,23 +79,23 @@ def test_request_rate_limit_answers_429_with_retry_after_then_recovers() -> None
         auth.authenticate(_bearer("bob-secret")),
     )
     for _ in range(3):
-        limiter.admit(alice)
+        asyncio.run(limiter.admit(alice))
     with pytest.raises(RateLimitError) as raised:
-        limiter.admit(alice)
+        asyncio.run(limiter.admit(alice))
     assert raised.value.status_code == 429
     assert int(raised.value.headers["retry-after"]) == 20  # one request refills in 60/3 s
-    limiter.admit(bob)  # other tenants are unaffected
+    asyncio.run(limiter.admit(bob))  # other tenants are unaffected
     clock.now_s += 20
-    limiter.admit(alice)
+    asyncio.run(limiter.admit(alice))
 
 
 def test_token_rate_limit_counts_tokens_after_the_fact() -> None:
     auth, clock = Authenticator(_keys_mode(tokens_per_minute=600)), FakeClock()
     limiter = RateLimiter(clock)
     alice = auth.authenticate(_bearer("alice-secret"))
-    limiter.admit(alice)
-    limiter.charge_tokens(alice, 900)
+    asyncio.run(limiter.admit(alice))
+    asyncio.run(limiter.charge_tokens(alice, 900))
     with pytest.raises(RateLimitError):
-        limiter.admit(alice)
+        asyncio.run(limiter.admit(alice))
     clock.now_s += 31  # 600 tokens/min refill the 300-token debt plus one in 30.1 s
-    limiter.admit(alice)
+    asyncio.run(limiter.admit(alice))

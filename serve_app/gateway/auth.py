@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from serve_app.config import ApiKeyConfig, AuthConfig
 from serve_app.protocol.caller import Caller
@@ -38,8 +38,6 @@ def _keys_from_file(env_name: str | None) -> list[ApiKeyConfig]:
     return [ApiKeyConfig.model_validate(entry) for entry in json.loads(Path(path).read_text())]
 
 
-
-
 class Authenticator:
     def __init__(self, config: AuthConfig):
         self.config = config
@@ -60,6 +58,39 @@ class Authenticator:
         if match is None:
             raise AuthenticationError("Invalid API key.", code="invalid_api_key")
         return Caller(match.tenant, match)
+
+
+class RateLimits(Protocol):
+    """Per-tenant request and token budgets of the API keys that set limits.
+
+    `admit` checks both budgets and takes one request before any work is done; the tokens a
+    request used are known only after it ran, so `charge_tokens` debits them then, and the
+    caller's next request waits until the debt is refilled.
+    """
+
+    async def admit(self, caller: Caller) -> None:
+        """Take one request from the caller's budget, or raise RateLimitError (429)."""
+        ...
+
+    async def charge_tokens(self, caller: Caller, tokens: int) -> None:
+        """Debit the tokens a finished request used."""
+        ...
+
+
+def caller_limits(caller: Caller) -> list[tuple[str, int]]:
+    """The caller's (kind, per-minute rate) budgets, tokens first: the order they are checked."""
+    key = caller.key
+    if key is None:
+        return []
+    limits = [("tokens", key.tokens_per_minute), ("requests", key.requests_per_minute)]
+    return [(kind, rate) for kind, rate in limits if rate is not None]
+
+
+def rate_limit_refusal(kind: str, rate: int, wait_s: float) -> RateLimitError:
+    return RateLimitError(
+        f"Rate limit of {rate} {kind} per minute reached for this API key.",
+        retry_after_s=wait_s,
+    )
 
 
 class TokenBucket:
@@ -87,10 +118,10 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Per-tenant request and token budgets, in this ingress replica's memory.
+    """`RateLimits` in this ingress replica's memory (`rate_limit_store: {kind: local}`).
 
     With N ingress replicas each enforces the full limit, so a tenant may get up to N times it;
-    set limits per replica accordingly (docs/operations.md).
+    several replicas share budgets through Redis instead (gateway/shared_limits.py).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
@@ -103,25 +134,16 @@ class RateLimiter:
             bucket = self.buckets[(tenant, kind)] = TokenBucket(rate, self.clock)
         return bucket
 
-    def admit(self, caller: Caller) -> None:
-        """Take one request from the caller's budget, or raise 429 with Retry-After."""
-        key = caller.key
-        if key is None:
-            return
-        limits = [("tokens", key.tokens_per_minute), ("requests", key.requests_per_minute)]
+    async def admit(self, caller: Caller) -> None:
+        limits = caller_limits(caller)
         for kind, rate in limits:
-            if rate is None:
-                continue
             wait_s = self._bucket(caller.tenant, kind, rate).seconds_until_available()
             if wait_s > 0:
-                raise RateLimitError(
-                    f"Rate limit of {rate} {kind} per minute reached for this API key.",
-                    retry_after_s=wait_s,
-                )
-        if key.requests_per_minute is not None:
-            self._bucket(caller.tenant, "requests", key.requests_per_minute).take(1)
+                raise rate_limit_refusal(kind, rate, wait_s)
+        for kind, rate in limits:
+            if kind == "requests":
+                self._bucket(caller.tenant, kind, rate).take(1)
 
-    def charge_tokens(self, caller: Caller, tokens: int) -> None:
-        """Debit the tokens a finished request used (known only after it ran)."""
+    async def charge_tokens(self, caller: Caller, tokens: int) -> None:
         if caller.key is not None and caller.key.tokens_per_minute is not None and tokens:
             self._bucket(caller.tenant, "tokens", caller.key.tokens_per_minute).take(tokens)
