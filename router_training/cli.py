@@ -1,4 +1,5 @@
-"""`python -m router_training <command>`: import, label, train, evaluate, calibrate, export, run."""
+"""`python -m router_training <command>`: import, label, train, evaluate, calibrate, export, run,
+curve."""
 
 from __future__ import annotations
 
@@ -150,6 +151,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cache_root(args.cache_dir),
         args.target_large_share,
         args.target_pgr,
+        data=f"the checkpoint's {args.split} split",
     )
     print(json.dumps(calibration.__dict__))
     return 0
@@ -178,6 +180,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run_all(config, latency=not args.no_latency)
     print(markdown_table(report["summary"]))
     print(f"curve: {report['curve_png']}")
+    return 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from router_training.config import MultiSourceConfig, load_any_config
+    from router_training.multi_source import write_operating_curve
+
+    config = load_any_config(args.config, _overrides(args.set))
+    if not isinstance(config, MultiSourceConfig):
+        raise SystemExit("curve needs a multi-source config (one with `sources`)")
+    curve = write_operating_curve(config)
+    print(
+        f"operating curve of {config.export_dir}: {len(curve.thresholds)} points on "
+        f"{curve.num_prompts} prompts ({curve.data})"
+    )
     return 0
 
 
@@ -227,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
             "train, evaluate, calibrate and export every seed; summary table (a config with "
             "`sources`: LOSO and in-distribution tables, then the shipped difficulty router)",
         ),
+        (
+            "curve",
+            cmd_curve,
+            "measure an exported difficulty router's operating curve on its calibration split "
+            "and add it to its card, without refitting (a config with `sources`)",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="configs/router_training*.yaml")
@@ -239,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "train":
             p.add_argument("--seed", type=int)
-        else:
+        elif name == "run":
             p.add_argument("--no-latency", action="store_true")
         p.set_defaults(fn=fn)
 

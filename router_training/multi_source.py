@@ -9,9 +9,14 @@
 3. in distribution: for each seed, splits every source's questions 70/10/20, fits on the
    pooled training split and evaluates on each source's test split;
 4. the shipped router: fits on everything but a pooled validation split (seed 0's), sets the
-   calibration offset and picks the threshold on that validation split, and writes the
+   calibration offset and picks the threshold on that validation split, measures the
+   operating curve there (large-tier share and quality at every threshold, from which the
+   serving router derives the threshold of an operator's `router.target`), and writes the
    artefact (card + weights) to `export_dir`, proving that the serving scorer reproduces the
    evaluated scores.
+
+`write_operating_curve` (`python -m router_training curve --config ...`) measures the curve
+of an already exported router and adds it to its card, without refitting.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from serve_app.routing.difficulty import (
 )
 from serve_app.routing.heuristic import HeuristicScorer
 from serve_app.routing.lexical import TOKEN, LexicalPrior
+from serve_app.routing.operating_point import OPERATING_CURVE_KEY, OperatingCurve
 from serve_app.routing.scorers import ROUTER_CARD_FILE
 
 logger = logging.getLogger(__name__)
@@ -74,13 +80,18 @@ class Corpus:
         return [o.prompt for o in self.outcomes]
 
 
-def build_corpus(config: MultiSourceConfig) -> Corpus:
+def build_corpus(config: MultiSourceConfig, *, embed: bool = True) -> Corpus:
+    """Every configured prompt; `embed=False` leaves the embeddings empty, for models that
+    read none (the MiniLM pass is most of the cost when nothing is cached)."""
     from serve_app.routing.embedding import SentenceEmbedder
 
     outcomes = load_sources(config.sources, config.data_seed)
     texts = [o.prompt for o in outcomes]
-    embedder = SentenceEmbedder(config.model.embedding_model)
-    embeddings = sentence_embeddings(embedder, texts, cache_root(config.cache_dir), "embedding")
+    if embed:
+        embedder = SentenceEmbedder(config.model.embedding_model)
+        embeddings = sentence_embeddings(embedder, texts, cache_root(config.cache_dir), "embedding")
+    else:
+        embeddings = np.zeros((len(texts), 0), dtype=np.float32)
     features = np.stack(
         [prompt_feature_matrix([t])[0] for t in tqdm(texts, desc="prompt features", unit="prompt")]
     )
@@ -341,15 +352,37 @@ def at_threshold(scores: np.ndarray, corpus: Corpus, threshold: float) -> dict[s
     }
 
 
-def train_shipped(corpus: Corpus, config: MultiSourceConfig) -> tuple[DifficultyModel, dict]:
-    """Fit on everything but seed `seeds[0]`'s validation split; calibrate on that split."""
+def _outcome_arrays(corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
+    weak = np.array([o.small_score for o in corpus.outcomes])
+    strong = np.array([o.large_score for o in corpus.outcomes])
+    return weak, strong
+
+
+def shipped_curve(
+    scores: np.ndarray, val: Corpus, config: MultiSourceConfig, threshold: float
+) -> OperatingCurve:
+    """The operating curve on the shipped router's calibration split (its only held-out
+    prompts), with the card's threshold as one of its points."""
+    weak, strong = _outcome_arrays(val)
+    data = (
+        f"pooled validation split of seed {config.seeds[0]} ({len(val.labels)} prompts, "
+        f"{config.val_fraction:.0%} of every source's question groups): held out from the "
+        "fit; the calibration offset and the card's threshold were set on it too"
+    )
+    return OperatingCurve.measure(scores, weak, strong, data=data, include=(threshold,))
+
+
+def train_shipped(
+    corpus: Corpus, config: MultiSourceConfig
+) -> tuple[DifficultyModel, dict, OperatingCurve]:
+    """Fit on everything but seed `seeds[0]`'s validation split; calibrate on that split and
+    measure the operating curve there."""
     parts = split_indices(corpus, config, config.seeds[0])
     fit_rows = np.sort(np.concatenate([parts["train"], parts["test"]]))
     val = corpus.take(parts["val"])
     model = with_calibration(fit_model(corpus.take(fit_rows), config.model), val)
     val_scores = score(model, val)
-    weak = np.array([o.small_score for o in val.outcomes])
-    strong = np.array([o.large_score for o in val.outcomes])
+    weak, strong = _outcome_arrays(val)
     calibration = threshold_for_quality(
         val_scores, weak, strong, config.calibration.target_quality_share
     )
@@ -361,7 +394,37 @@ def train_shipped(corpus: Corpus, config: MultiSourceConfig) -> tuple[Difficulty
         )
         for s in np.unique(val.sources)
     }
-    return model, calibration
+    return model, calibration, shipped_curve(val_scores, val, config, calibration["threshold"])
+
+
+def write_operating_curve(config: MultiSourceConfig) -> OperatingCurve:
+    """Measure the exported router's operating curve on its calibration split and write it
+    into its card, without refitting: the weights and every other figure stay as they are.
+
+    The split is recomputed from the config; the card's threshold must come out again on it,
+    or the card was not exported from this config and data, and nothing is written.
+    """
+    out = Path(config.export_dir)
+    card_path = out / ROUTER_CARD_FILE
+    card = json.loads(card_path.read_text())
+    model = DifficultyModel.load(out)
+    corpus = build_corpus(config, embed=model.uses_embedding)
+    val = corpus.take(split_indices(corpus, config, config.seeds[0])["val"])
+    scores = score(model, val)
+    weak, strong = _outcome_arrays(val)
+    again = threshold_for_quality(scores, weak, strong, config.calibration.target_quality_share)
+    recorded = card["calibration"]
+    for key in ("threshold", "large_share", "quality", "num_prompts"):
+        if not np.isclose(again[key], recorded[key], rtol=0, atol=1e-12):
+            raise RuntimeError(
+                f"{card_path}: its calibration {key} {recorded[key]} does not come out again "
+                f"({again[key]}) on {config.export_dir}'s calibration split: the card was not "
+                "exported from this config and data"
+            )
+    curve = shipped_curve(scores, val, config, card["threshold"])
+    card[OPERATING_CURVE_KEY] = curve.to_card()
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return curve
 
 
 def export(model: DifficultyModel, card: dict[str, Any], out_dir: str | Path) -> Path:
@@ -383,7 +446,7 @@ def run_multi_source(config: MultiSourceConfig) -> dict[str, Any]:
     report["loso"] = loso(corpus, config)
     per_seed = in_distribution(corpus, config)
     report["in_distribution"] = {"per_seed": per_seed, "mean": mean_over_seeds(per_seed)}
-    model, calibration = train_shipped(corpus, config)
+    model, calibration, curve = train_shipped(corpus, config)
     card = {
         "kind": ROUTER_KIND,
         "embedding_model": config.model.embedding_model,
@@ -391,6 +454,7 @@ def run_multi_source(config: MultiSourceConfig) -> dict[str, Any]:
         "label_rule": config.label_rule,
         "threshold": calibration["threshold"],
         "calibration": calibration,
+        OPERATING_CURVE_KEY: curve.to_card(),
         "sources": report["sources"],
         "evaluation": summary_tables(report),
         "score_meaning": "P(the large tier does better than the small one); "

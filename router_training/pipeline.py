@@ -38,6 +38,7 @@ from router_training.train import Scored, load_base_model, score_texts, train
 from serve_app.config import RouterConfig
 from serve_app.model_sources import resolve_model_source
 from serve_app.routing.lexical import LexicalPrior
+from serve_app.routing.operating_point import OPERATING_CURVE_KEY, OperatingCurve
 from serve_app.routing.scorers import ROUTER_CARD_FILE, ActiveScorer, load_active_scorer
 
 logger = logging.getLogger(__name__)
@@ -182,14 +183,25 @@ def calibrate_checkpoint(
     cache_dir: Path | None,
     target_large_share: float | None = None,
     target_pgr: float | None = None,
+    data: str = "the checkpoint's validation split",
 ) -> Calibration:
+    """Pick the threshold on `outcomes` (`data` says which they are) and write it into the
+    card with the operating curve measured on the same prompts."""
     card = read_card(checkpoint)
     scores = score_checkpoint(
         checkpoint, outcomes, int(card.get("max_length", 256)), cache_dir, "scoring calibration set"
     )
     weak, strong = outcome_arrays(outcomes)
     calibration = calibrate(scores, weak, strong, target_large_share, target_pgr)
-    write_card(checkpoint, calibration)
+    curve = OperatingCurve.measure(
+        scores,
+        weak,
+        strong,
+        data=f"{data} ({len(outcomes)} prompts): held out from training; the threshold was "
+        "picked on it too",
+        include=(calibration.threshold,),
+    )
+    write_card(checkpoint, calibration, **{OPERATING_CURVE_KEY: curve.to_card()})
     return calibration
 
 

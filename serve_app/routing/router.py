@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from serve_app.config import RouterConfig
+from serve_app.routing.operating_point import ClientAsk
 from serve_app.routing.scorers import (
     ActiveScorer,
     HeuristicReason,
@@ -93,7 +94,10 @@ class Router:
     def _on_apply(self, active: ActiveScorer) -> None:
         """Hook run after a scorer is swapped in (the served deployment reports metrics)."""
 
-    async def route(self, text: str) -> RouteDecision:
+    async def route(self, text: str, ask: ClientAsk | None = None) -> RouteDecision:
+        """The tier for `text`, at the operator's threshold, or at the threshold of this
+        request's own `ask` (a model alias or the large-share header) within
+        `router.client_bounds`. Only the scoring is batched; the threshold is per request."""
         start_s = time.perf_counter()
         if _in_serve_replica():
             score, active = await self._batch_for_this_loop()(text)
@@ -102,7 +106,7 @@ class Router:
             # max_ongoing_requests); scripts such as the export check score one by one.
             ((score, active),) = await self._score_batch([text])
         latency_ms = (time.perf_counter() - start_s) * 1000.0
-        return active.decide(score, latency_ms)
+        return active.decide(score, latency_ms, ask)
 
     def _batch_for_this_loop(self) -> _Batcher:
         # A serve.batch queue lives on the event loop that first used it; a replica has one

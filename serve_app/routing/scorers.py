@@ -12,7 +12,9 @@ probability that the small tier is not good enough:
   serve_app.routing.lexical);
 - a deterministic heuristic (serve_app.routing.heuristic).
 `load_active_scorer` turns a RouterConfig into the scorer and threshold a routing decision
-reads; the Ray Serve deployment around it is serve_app.routing.router.
+reads (the threshold derived from `router.target` on the card's operating curve,
+serve_app.routing.operating_point); the Ray Serve deployment around it is
+serve_app.routing.router.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -29,6 +31,14 @@ from serve_app.config import BUILTIN_ROUTER_PREFIX, RouterConfig, TierName
 from serve_app.routing.difficulty import DifficultyModel, is_difficulty_router
 from serve_app.routing.heuristic import HeuristicScorer
 from serve_app.routing.lexical import LexicalPrior
+from serve_app.routing.operating_point import (
+    ClientAsk,
+    OperatingCurve,
+    OperatingPoint,
+    RequestOperatingPoint,
+    operating_point,
+    resolve_ask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,11 +200,19 @@ def _length_sorted_chunks(lengths: list[int], max_padded_tokens: int) -> list[li
     return chunks
 
 
+def _read_card(checkpoint_dir: Path) -> dict[str, Any]:
+    card_path = checkpoint_dir / ROUTER_CARD_FILE
+    return json.loads(card_path.read_text()) if card_path.is_file() else {}
+
+
+def card_curve(checkpoint_dir: Path) -> OperatingCurve | None:
+    """The cost-quality curve the card recorded on held-out prompts, if it has one."""
+    return OperatingCurve.from_card(_read_card(checkpoint_dir))
+
+
 def _card_threshold(checkpoint_dir: Path) -> float | None:
     card_path = checkpoint_dir / ROUTER_CARD_FILE
-    if not card_path.is_file():
-        return None
-    card = json.loads(card_path.read_text())
+    card = _read_card(checkpoint_dir)
     if "threshold" not in card:
         return None
     threshold = float(card["threshold"])
@@ -209,7 +227,21 @@ class RouteDecision:
     score: float
     scorer: ScorerName
     threshold: float
+    """The threshold this request was routed at (its own, when it asked for one)."""
     latency_ms: float
+    operating_point: OperatingPoint | None = None
+    """The operator's: target, derived threshold, what the card's curve expects there."""
+    request: RequestOperatingPoint | None = None
+    """What this request's own ask (model alias, large-share header) resolved to."""
+
+    def explanation(self) -> dict[str, Any]:
+        """The operating point and the request's own, as `POST /v1/route` shows them."""
+        return {
+            "operating_point": (
+                None if self.operating_point is None else self.operating_point.as_json()
+            ),
+            "request_target": None if self.request is None else self.request.as_json(),
+        }
 
 
 HeuristicReason = Literal["no_checkpoint", "checkpoint_failed"]
@@ -223,9 +255,15 @@ class ActiveScorer:
     config: RouterConfig
     scorer: Scorer
     name: ScorerName
-    threshold: float
+    operating_point: OperatingPoint
+    curve: OperatingCurve | None
+    """The card's cost-quality curve; None for the heuristic or a card without one."""
     fallback_reason: str | None
     """Why a configured checkpoint is not used (None when it is, or none is configured)."""
+
+    @property
+    def threshold(self) -> float:
+        return self.operating_point.threshold
 
     @property
     def heuristic_reason(self) -> HeuristicReason | None:
@@ -233,41 +271,65 @@ class ActiveScorer:
             return None
         return "checkpoint_failed" if self.fallback_reason else "no_checkpoint"
 
-    def decide(self, score: float, latency_ms: float) -> RouteDecision:
-        """The tier for `score`: large when it reaches the threshold."""
-        tier: TierName = "large" if score >= self.threshold else "small"
-        return RouteDecision(tier, score, self.name, self.threshold, latency_ms)
+    def decide(
+        self, score: float, latency_ms: float, ask: ClientAsk | None = None
+    ) -> RouteDecision:
+        """The tier for `score`: large when it reaches the threshold, the request's own when
+        it asked for one (within the operator's bounds)."""
+        request = None
+        threshold = self.threshold
+        if ask is not None:
+            request = resolve_ask(ask, self.config.client_bounds, self.curve, self.operating_point)
+            threshold = request.threshold
+        tier: TierName = "large" if score >= threshold else "small"
+        return RouteDecision(
+            tier, score, self.name, threshold, latency_ms, self.operating_point, request
+        )
 
 
 def load_active_scorer(config: RouterConfig) -> ActiveScorer:
-    scorer, scorer_name, card_threshold, fallback_reason = _build_scorer(config)
-    threshold = card_threshold if card_threshold is not None else config.threshold
+    loaded = _build_scorer(config)
+    point = operating_point(config, loaded.card_threshold, loaded.curve)
+    if point.note:
+        logger.warning("Router: %s", point.note)
     logger.info(
-        "Router uses the %s scorer at threshold %s (from the %s)",
-        scorer_name,
-        threshold,
-        "router card" if card_threshold is not None else "config",
+        "Router uses the %s scorer at threshold %s (from %s); the card's curve expects %s",
+        loaded.name,
+        point.threshold,
+        point.source,
+        "nothing (no curve)" if point.expected is None else point.expected,
     )
-    return ActiveScorer(config, scorer, scorer_name, threshold, fallback_reason)
+    return ActiveScorer(
+        config, loaded.scorer, loaded.name, point, loaded.curve, loaded.fallback_reason
+    )
 
 
-def _build_scorer(config: RouterConfig) -> tuple[Scorer, ScorerName, float | None, str | None]:
-    """Return (scorer, its name, the router card's threshold, why the classifier was skipped)."""
+class _LoadedScorer(NamedTuple):
+    scorer: Scorer
+    name: ScorerName
+    card_threshold: float | None
+    curve: OperatingCurve | None
+    fallback_reason: str | None
+    """Why the configured checkpoint is not used."""
+
+
+def _build_scorer(config: RouterConfig) -> _LoadedScorer:
     if config.checkpoint is None:
-        return HeuristicScorer(), "heuristic", None, None
+        return _LoadedScorer(HeuristicScorer(), "heuristic", None, None, None)
     if config.num_threads is not None:
         import torch
 
         torch.set_num_threads(config.num_threads)
     try:
         checkpoint = resolve_checkpoint(config.checkpoint)
+        curve = card_curve(checkpoint)
         if is_difficulty_router(checkpoint):
             difficulty = DifficultyScorer(checkpoint)
             difficulty.warm_up()
-            return difficulty, "classifier", difficulty.threshold, None
+            return _LoadedScorer(difficulty, "classifier", difficulty.threshold, curve, None)
         classifier = ClassifierScorer(checkpoint, config.max_length)
     except _CHECKPOINT_LOAD_ERRORS as e:
         reason = f"cannot load router checkpoint {config.checkpoint!r}: {type(e).__name__}: {e}"
         logger.warning("Falling back to the heuristic router: %s", reason)
-        return HeuristicScorer(), "heuristic", None, reason
-    return classifier, "classifier", classifier.threshold, None
+        return _LoadedScorer(HeuristicScorer(), "heuristic", None, None, reason)
+    return _LoadedScorer(classifier, "classifier", classifier.threshold, curve, None)
