@@ -14,7 +14,7 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from serve_app.cache.deployment import SemanticCache
-from serve_app.config import CascadeConfig
+from serve_app.config import CACHE_DEPLOYMENT, ROUTER_DEPLOYMENT, CascadeConfig
 from serve_app.gateway.ingress import CascadeIngress
 from serve_app.routing.router import ServedRouter
 from serve_app.tiers.deployment import build_tier_deployment
@@ -46,21 +46,24 @@ def _options(overrides: dict[str, Any], *, max_ongoing_requests: int) -> dict[st
 def build_app(args: dict[str, Any]) -> Application:
     """Validate the `args:` block of a Serve config and bind the full cascade graph."""
     config = CascadeConfig.model_validate(args)
-    small = build_tier_deployment("small", config.tiers["small"])
-    large = build_tier_deployment("large", config.tiers["large"])
-    helper = _HELPER_MAX_ONGOING_REQUESTS
-    router_options = _options(config.router.deployment_config, max_ongoing_requests=helper)
-    router = serve.deployment(ServedRouter, name="router", **router_options)
-    cache = None
-    if config.cache.enabled:
-        cache_options = _options(config.cache.deployment_config, max_ongoing_requests=helper)
-        cache_deployment = serve.deployment(SemanticCache, name="semantic-cache", **cache_options)
-        cache = cache_deployment.bind(config.cache.model_dump())
     ingress_options = _options(
         config.ingress.deployment_config,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
     ingress = serve.deployment(CascadeIngress, name="ingress", **ingress_options)
+    if config.ingress.share_deployments_of:
+        # A second gateway: it finds the other application's deployments when it starts.
+        return ingress.bind(config.model_dump())
+    small = build_tier_deployment("small", config.tiers["small"])
+    large = build_tier_deployment("large", config.tiers["large"])
+    helper = _HELPER_MAX_ONGOING_REQUESTS
+    router_options = _options(config.router.deployment_config, max_ongoing_requests=helper)
+    router = serve.deployment(ServedRouter, name=ROUTER_DEPLOYMENT, **router_options)
+    cache = None
+    if config.cache.enabled:
+        cache_options = _options(config.cache.deployment_config, max_ongoing_requests=helper)
+        cache_deployment = serve.deployment(SemanticCache, name=CACHE_DEPLOYMENT, **cache_options)
+        cache = cache_deployment.bind(config.cache.model_dump())
     return ingress.bind(
         config.model_dump(),
         small=small,

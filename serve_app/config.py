@@ -82,7 +82,10 @@ class CacheConfig(StrictModel):
         "`qdrant`: a Qdrant server through qdrant-client (shared by many replicas).",
     )
     edge_path: str | None = Field(
-        default=None, description="Directory of the embedded shard; a temp dir when unset."
+        default="~/.local/share/llm-cascade/semantic-cache",
+        description="Directory of the embedded shard on the cache replica's node (`~` and "
+        "environment variables are expanded). It outlives restarts of the replica, so cached "
+        "answers do too. `null`: a temporary directory, removed when the replica stops.",
     )
     qdrant_url: str | None = Field(
         default=None,
@@ -138,6 +141,58 @@ BUILTIN_ROUTER_PREFIX = "builtin://"
 BUILTIN_ROUTER_NAMES = ("default-router",)
 
 
+class RouterTarget(StrictModel):
+    """An operating point of the router, stated in money or in quality: exactly one field.
+
+    Both are read on the router card's `operating_curve`, measured on held-out prompts.
+    """
+
+    large_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of routed requests sent to the large tier (what drives cost); the "
+        "threshold is interpolated on the curve.",
+    )
+    quality: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Quality to keep, as a fraction of all-large quality (0.95: at least 95% "
+        "of the mean outcome of sending everything to the large tier); the threshold is the "
+        "highest point of the curve that reaches it, as training calibrates.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RouterTarget:
+        if (self.large_share is None) == (self.quality is None):
+            raise ValueError("a router target needs exactly one of large_share, quality")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return self.model_dump(exclude_none=True)
+
+
+class ClientBounds(StrictModel):
+    """How far a client may move its own request's large-tier share."""
+
+    min_large_share: float = Field(
+        ge=0, le=1, description="The cheapest a client may ask for: at least this large share."
+    )
+    max_large_share: float = Field(
+        ge=0, le=1, description="The safest a client may ask for: at most this large share."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClientBounds:
+        if self.min_large_share > self.max_large_share:
+            raise ValueError("client_bounds.min_large_share must not exceed max_large_share")
+        return self
+
+    def clamp(self, large_share: float) -> float:
+        return min(max(large_share, self.min_large_share), self.max_large_share)
+
+
 class RouterConfig(StrictModel):
     """Complexity router: P(request needs the large tier)."""
 
@@ -148,8 +203,38 @@ class RouterConfig(StrictModel):
         "`builtin://default-router`: the router shipped in the package "
         "(serve_app/routing/default_router/). Heuristic when unset.",
     )
-    threshold: float = Field(
-        default=0.5, ge=0, le=1, description="Route to the large tier when score >= threshold."
+    target: RouterTarget | None = Field(
+        default=None,
+        description="The operating point, in money or quality: `{large_share: 0.3}` or "
+        "`{quality: 0.95}`. The threshold is derived from it when the router loads, on the "
+        "cost-quality curve the router card measured on held-out prompts "
+        "(`operating_curve`). Precedence: an explicit `threshold` wins over `target`; "
+        "`target` wins over the card's own threshold; a router without a curve (the "
+        "heuristic, or a card without `operating_curve`) ignores `target` (logged) and uses "
+        "the card's threshold, else 0.5.",
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="For experts: route to the large tier when score >= threshold, on the "
+        "scorer's own scale, whatever `target` and the card say. Unset (recommended): derived "
+        "from `target`, else the router card's calibrated threshold, else 0.5.",
+    )
+    client_bounds: ClientBounds | None = Field(
+        default=None,
+        description="Let clients ask for a cheaper or safer decision per request (a model "
+        "alias from `aliases`, or the `x-cascade-large-share` header), within these bounds "
+        "on the large-tier share. Unset (default): per-request targets are off; the header is "
+        "ignored and `aliases` must be empty.",
+    )
+    aliases: dict[str, RouterTarget] = Field(
+        default_factory=dict,
+        description="Model names a client may send instead of the cascade's own, each routed "
+        "at its own target, e.g. `cascade-cheaper: {large_share: 0.5}`, `cascade-safer: "
+        "{quality: 0.98}`; clamped to `client_bounds`, listed by /v1/models. Every OpenAI "
+        "SDK can set the model name, so this is how most clients pick a cheaper or safer "
+        "decision.",
     )
     max_length: int = Field(default=256, gt=0, description="Tokens of the prompt the model sees.")
     max_batch_size: int = Field(
@@ -188,6 +273,15 @@ class RouterConfig(StrictModel):
                 )
         return checkpoint
 
+    @model_validator(mode="after")
+    def _aliases_need_bounds(self) -> RouterConfig:
+        if self.aliases and self.client_bounds is None:
+            raise ValueError(
+                "router.aliases needs router.client_bounds: the bounds say how far a client "
+                "may move the large-tier share"
+            )
+        return self
+
 
 class CircuitBreakerConfig(StrictModel):
     failure_threshold: int = Field(
@@ -195,6 +289,34 @@ class CircuitBreakerConfig(StrictModel):
     )
     cooldown_s: float = Field(
         default=30.0, gt=0, description="How long an open circuit sends nothing to the tier."
+    )
+
+
+class EarlyEscalationConfig(StrictModel):
+    """Stop generating a small-tier answer whose running confidence shows it will fail.
+
+    Where the quality gate judges the small tier's answer (non-streamed requests, `hold`
+    streams), the answer is generated as an internal stream and its token logprobs are watched:
+    a token below `min_token_logprob`, or after `min_tokens` tokens a mean over the last
+    `window_tokens` tokens below `min_mean_logprob`, aborts the generation and escalates
+    (`low_confidence_early`); the small tier is charged the tokens it generated. Inert unless
+    one of those two thresholds is set. Requests with several choices (`n`), tools, echo or
+    completion logprobs are generated whole as before.
+    """
+
+    enabled: bool = Field(
+        default=True, description="Watch the small tier's answer and stop it early when weak."
+    )
+    min_tokens: int = Field(
+        default=16,
+        ge=1,
+        description="Tokens an answer may always generate before its window mean can stop it.",
+    )
+    window_tokens: int = Field(
+        default=64,
+        ge=1,
+        description="How many of the latest tokens the running mean logprob is taken over "
+        "(shorter answers: all their tokens, like the final check).",
     )
 
 
@@ -265,6 +387,7 @@ class QualityConfig(StrictModel):
         "Off by default: otherwise any client could switch the gate off.",
     )
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    early_escalation: EarlyEscalationConfig = Field(default_factory=EarlyEscalationConfig)
 
 
 # The ingress mostly awaits the tiers; with Serve's default of 5 ongoing requests per replica
@@ -272,11 +395,28 @@ class QualityConfig(StrictModel):
 DEFAULT_INGRESS_MAX_ONGOING_REQUESTS = 256
 
 
+# Deployment names in a cascade application (builder.py binds them; a sharing gateway looks
+# them up by these names).
+ROUTER_DEPLOYMENT = "router"
+CACHE_DEPLOYMENT = "semantic-cache"
+
+
+def tier_deployment_name(tier: TierName) -> str:
+    return f"llm-{tier}"
+
+
 class IngressConfig(StrictModel):
     cascade_model_id: str = Field(
         default="cascade", description="Model name that asks for routing by the cascade."
     )
     request_timeout_s: float = Field(default=120.0, gt=0)
+    share_deployments_of: str | None = Field(
+        default=None,
+        description="Name of another Serve application of this cascade whose tiers, router and "
+        "cache this ingress uses instead of starting its own: a second gateway (another auth "
+        "mode, keys or limits, e.g. a public API-key gateway beside an internal open one) in "
+        "front of the same engines. Its `tiers` and `cache` must match that application's.",
+    )
     max_in_flight: int | None = Field(
         default=None,
         gt=0,
@@ -331,6 +471,51 @@ class ApiKeyConfig(StrictModel):
     tokens_per_minute: int | None = Field(default=None, gt=0)
 
 
+class LocalRateLimitStore(StrictModel):
+    """Budgets in each ingress replica's memory: N replicas admit up to N times a key's limit.
+    Right for one ingress replica (local use)."""
+
+    kind: Literal["local"] = "local"
+
+
+class RedisRateLimitStore(StrictModel):
+    """Budgets in a Redis server shared by every ingress replica, on every node, so a key's
+    limits hold in total. Each check is one atomic Lua script timed by the Redis server's
+    clock; idle tenants' budgets expire once refilled."""
+
+    kind: Literal["redis"]
+    url: str | None = Field(
+        default=None,
+        description="Redis URL, e.g. `redis://redis.internal:6379/0` (`rediss://` for TLS). "
+        "Set this or `url_env`.",
+    )
+    url_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the Redis URL (it may carry a password), read "
+        "when the ingress replica starts; an unset variable fails the replica at start.",
+    )
+    key_prefix: str = Field(
+        default="cascade:ratelimit",
+        min_length=1,
+        description="Prefix of the budget keys; applications sharing a Redis with different "
+        "prefixes keep separate budgets.",
+    )
+    timeout_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=5,
+        description="Budget of one check or debit. A slower or unreachable Redis is skipped: "
+        "the request is admitted without the shared limits (fail open) and the store is not "
+        "asked again for a second, so an outage costs latency at most once a second.",
+    )
+
+    @model_validator(mode="after")
+    def _check_one_url(self) -> RedisRateLimitStore:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("rate_limit_store of kind 'redis' needs exactly one of url, url_env")
+        return self
+
+
 class AuthConfig(StrictModel):
     mode: Literal["open", "api_keys"] = Field(
         default="open",
@@ -342,6 +527,13 @@ class AuthConfig(StrictModel):
         default=None,
         description="Environment variable naming a JSON file with more keys (same fields), so "
         "key hashes can live in a secret instead of the Serve config.",
+    )
+    rate_limit_store: LocalRateLimitStore | RedisRateLimitStore = Field(
+        default_factory=LocalRateLimitStore,
+        discriminator="kind",
+        description="Where keys' requests/tokens-per-minute budgets live: `{kind: local}` in "
+        "each ingress replica (one replica), or `{kind: redis, url_env: ...}` shared by all "
+        "ingress replicas so each key's limits hold across replicas and nodes.",
     )
 
 
@@ -373,6 +565,7 @@ class CascadeConfig(StrictModel):
             raise ValueError(f"tiers must define both 'small' and 'large'; missing {missing}")
         model_ids = [tier.model_id for tier in self.tiers.values()]
         model_ids.append(self.ingress.cascade_model_id)
+        model_ids += list(self.router.aliases)
         if len(set(model_ids)) != len(model_ids):
             raise ValueError(f"model ids must be distinct, got {model_ids}")
         return self

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from benchmarks.faults import use_ray_token_auth_if_configured
 from devtools import local_stack
+from serve_app.gateway.auth import key_sha256
 
 # Before any test module initialises Ray: the fault tests attach to the stack's cluster.
 use_ray_token_auth_if_configured()
@@ -18,8 +22,75 @@ use_ray_token_auth_if_configured()
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 TIER_MODELS = ["cascade-small", "cascade-large"]
+KEYS_PREFIX = "/keys"
+# tenant: (API key, its limits) of the API-key gateway.
+API_KEYS: dict[str, tuple[str, dict[str, int]]] = {
+    "alpha": ("sk-test-alpha", {}),
+    "beta": ("sk-test-beta", {}),
+    "limited": ("sk-test-limited", {"requests_per_minute": 2}),
+}
+# A third gateway, told the small tier's context is shorter than the large tier's (both local
+# engines hold 2048 tokens), so prompts between the two exercise routing by length.
+SHORT_SMALL_PREFIX = "/short-small"
+SHORT_SMALL_CONTEXT = 1024
 STARTUP_TIMEOUT_S = float(os.environ.get("CASCADE_STARTUP_TIMEOUT_S", "900"))
 ADMIN_TOKEN = os.environ.setdefault("CASCADE_ADMIN_TOKEN", "test-admin-token")
+
+
+def _api_key_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
+    """A second gateway at KEYS_PREFIX in `api_keys` mode, in front of the same deployments
+    (`ingress.share_deployments_of`): the auth tests use it, the rest use the open one."""
+    args = copy.deepcopy(cascade["args"])
+    args["ingress"]["share_deployments_of"] = cascade["name"]
+    args["auth"] = {
+        "mode": "api_keys",
+        "keys": [
+            {"sha256": key_sha256(key), "tenant": tenant, **limits}
+            for tenant, (key, limits) in API_KEYS.items()
+        ],
+    }
+    return {
+        "name": "cascade-api-keys",
+        "route_prefix": KEYS_PREFIX,
+        "import_path": cascade["import_path"],
+        "args": args,
+    }
+
+
+def _short_small_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
+    """A gateway at SHORT_SMALL_PREFIX in front of the same deployments, whose view of the small
+    tier's context is SHORT_SMALL_CONTEXT: production's shape (small 8k, large 16k) on engines
+    that are alike. Only the gateway's routing reads it; the engines keep their own."""
+    args = copy.deepcopy(cascade["args"])
+    args["ingress"]["share_deployments_of"] = cascade["name"]
+    ingress_deployment = args["ingress"].setdefault("deployment_config", {})
+    ingress_deployment["ray_actor_options"] = {"num_cpus": 0.01}  # the 2 cores are spoken for
+    small = args["tiers"]["small"]
+    # A new dict: the YAML anchor makes both tiers share one engine_kwargs mapping.
+    small["engine_kwargs"] = {**small["engine_kwargs"], "max_model_len": SHORT_SMALL_CONTEXT}
+    return {
+        "name": "cascade-short-small",
+        "route_prefix": SHORT_SMALL_PREFIX,
+        "import_path": cascade["import_path"],
+        "args": args,
+    }
+
+
+def _config_with_fresh_cache(stack_dir: Path) -> Path:
+    """configs/local.yaml with the cache's shard in this session's temp dir, plus an API-key
+    gateway and a short-small-context gateway in front of the same deployments.
+
+    The shipped config keeps the shard (and its answers) across restarts; a test session
+    starts from an empty cache and leaves the operator's own cache alone.
+    """
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    (cascade,) = config["applications"]
+    cascade["args"].setdefault("cache", {})["edge_path"] = str(stack_dir / "cache-shard")
+    config["applications"].append(_api_key_gateway(cascade))
+    config["applications"].append(_short_small_gateway(cascade))
+    path = stack_dir / "local.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +102,9 @@ def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("CASCADE_URL"):
         yield os.environ["CASCADE_URL"]
         return
-    log_path = tmp_path_factory.mktemp("stack") / "serve_run.log"
-    process = local_stack.start(str(LOCAL_CONFIG), log_path)
+    stack_dir = tmp_path_factory.mktemp("stack")
+    log_path = stack_dir / "serve_run.log"
+    process = local_stack.start(str(_config_with_fresh_cache(stack_dir)), log_path)
     try:
         seconds = local_stack.wait_ready(
             process, local_stack.DEFAULT_URL, TIER_MODELS, STARTUP_TIMEOUT_S

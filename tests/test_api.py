@@ -174,9 +174,9 @@ def test_empty_small_answer_escalates_to_large(http: httpx.Client) -> None:
     assert response.headers["x-cascade-tier"] == "large"
 
 
-def test_models_lists_cascade_and_tiers(openai_client) -> None:
+def test_models_lists_cascade_its_aliases_and_tiers(openai_client) -> None:
     ids = {model.id for model in openai_client.models.list()}
-    assert ids == {"cascade", "cascade-small", "cascade-large"}
+    assert ids == {"cascade", "cascade-cheaper", "cascade-safer", "cascade-small", "cascade-large"}
 
 
 def test_health(http: httpx.Client) -> None:

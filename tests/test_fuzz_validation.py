@@ -14,7 +14,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import Phase, given, settings
 from schemathesis import GenerationMode
 
 from benchmarks.fuzz_ingress import FuzzReport, check_response
@@ -62,13 +62,13 @@ def test_validation_answers_every_generated_body_without_crashing(
     report = FuzzReport()
     operation = _SCHEMA[path]["POST"]
 
+    # Health checks on, as in the live fuzzing (benchmarks/fuzz_ingress.py).
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=CASES_PER_OPERATION_AND_MODE,
         deadline=None,
         database=None,
         phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
     )
     def one_case(case: schemathesis.Case) -> None:
         report.cases += 1

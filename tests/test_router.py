@@ -126,16 +126,21 @@ def test_trained_classifier_routes_easy_small_and_hard_large(classifier_router: 
     assert 0.0 <= easy.score < 0.5 <= hard.score <= 1.0
 
 
-def test_router_card_threshold_overrides_config(checkpoint: Path, tmp_path: Path) -> None:
+def test_router_card_threshold_applies_unless_the_config_sets_one(
+    checkpoint: Path, tmp_path: Path
+) -> None:
     # Link the weights instead of copying 90 MB; only the card differs.
     for item in checkpoint.iterdir():
         (tmp_path / item.name).symlink_to(item)
     (tmp_path / ROUTER_CARD_FILE).write_text(json.dumps({"threshold": 0.0}))
-    router = Router({"checkpoint": str(tmp_path), "threshold": 0.5})
+    router = Router({"checkpoint": str(tmp_path)})
     decision = route(router, EASY)
     assert decision.scorer == "classifier"
     assert decision.threshold == 0.0
     assert decision.tier == "large"
+    # An explicit threshold (experts) wins over the card (tests/test_router_target.py).
+    decision = route(Router({"checkpoint": str(tmp_path), "threshold": 0.5}), EASY)
+    assert (decision.threshold, decision.tier) == (0.5, "small")
 
 
 def test_lexical_only_checkpoint_scores_without_the_encoder(

@@ -211,3 +211,11 @@ def test_multi_source_run_prints_both_tables_and_exports_a_serving_router(
     card = json.loads((tmp_path / "router" / ROUTER_CARD_FILE).read_text())
     assert router.threshold == card["threshold"]
     assert card["evaluation"]["loso_mean"]["apgr"] > 0.5
+    # The card's operating curve: the calibration target read on it is the card's threshold,
+    # and `curve` measures the same curve again from the export, without refitting.
+    curve = card["operating_curve"]
+    assert curve["num_prompts"] == card["calibration"]["num_prompts"]
+    target = Router({"checkpoint": str(tmp_path / "router"), "target": {"quality": 0.95}})
+    assert target.threshold == card["threshold"]
+    assert main(["curve", "--config", str(path)]) == 0
+    assert json.loads((tmp_path / "router" / ROUTER_CARD_FILE).read_text()) == card

@@ -163,6 +163,11 @@ def test_minilm_router_train_evaluate_calibrate_export_and_serve(
     serving = Router({"checkpoint": str(export), "max_length": 48})
     assert serving.scorer_name == "classifier" and serving.fallback_reason is None
     assert serving.threshold == pytest.approx(card["threshold"])
+    # The card's operating curve (validation prompts) reads the calibration target back.
+    assert card["operating_curve"]["num_prompts"] == card["calibration"]["num_prompts"]
+    share = card["calibration"]["large_share"]
+    at_share = Router({"checkpoint": str(export), "target": {"large_share": share}})
+    assert at_share.threshold == pytest.approx(card["threshold"])
     test_prompts = [o for o in read_jsonl(dataset) if "Prove that" in o.prompt][:2] + [
         o for o in read_jsonl(dataset) if "capital" in o.prompt
     ][:2]

@@ -514,6 +514,24 @@ def test_edge_shard_keeps_answers_across_restart(tmp_path: Path, embedder: Embed
         second.close()
 
 
+def test_default_edge_shard_keeps_answers_across_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder: Embedder
+) -> None:
+    # An operator who leaves `edge_path` out restarts the cache and still has its answers.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = CacheConfig(store="edge")
+    first = SemanticCache(config, embedder=embedder)
+    store_answer(first, key_for(chat(QUESTION)))
+    first.close()
+
+    second = SemanticCache(config, embedder=embedder)
+    try:
+        assert lookup(second, key_for(chat(PARAPHRASE))).kind == "semantic"
+    finally:
+        second.close()
+    assert any(tmp_path.rglob("*")), "the shard lives under the operator's home"
+
+
 def test_edge_temp_shard_is_removed_on_close(embedder: Embedder) -> None:
     store = EdgeCacheStore(None, embedder.dim)
     path = Path(store._path)

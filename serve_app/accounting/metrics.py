@@ -86,6 +86,8 @@ class IngressMetrics:
     hedges: Counter
     errors: Counter
     router_fallbacks: Counter
+    streams_cut: Counter
+    rate_limit_fail_opens: Counter
     cache_fail_opens: Counter
     latency_s: Histogram
     ttft_s: Histogram
@@ -152,6 +154,18 @@ class IngressMetrics:
                 description="Requests routed by the ingress's heuristic instead of the router "
                 "deployment, by reason: error (the call failed), timeout (past router.timeout_s).",
                 tag_keys=("reason",),
+            ),
+            streams_cut=Counter(
+                "cascade_streams_cut",
+                description="Relayed streams that ended before the answer did, by reason: "
+                "deadline (past the request's timeout) or disconnect (the client left). The "
+                "generation is aborted and the tokens generated so far are charged.",
+                tag_keys=("reason",),
+            ),
+            rate_limit_fail_opens=Counter(
+                "cascade_rate_limit_fail_opens",
+                description="Requests admitted without a rate-limit check because the shared "
+                "limit store (Redis) failed or overran its timeout.",
             ),
             cache_fail_opens=_cache_fail_opens(),
             latency_s=Histogram(

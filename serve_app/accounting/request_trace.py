@@ -16,6 +16,7 @@ class RequestTrace:
     tier: TierName | None = None
     routed_to: TierName | None = None
     route_score: float | None = None
+    route_reason: str | None = None  # what overruled the router: "context" (prompt length)
     cache: str = "miss"  # hit / miss / bypass / error
     escalated: bool = False
     escalation_reason: str | None = None
@@ -55,6 +56,8 @@ class RequestTrace:
         }
         if self.route_score is not None:
             headers["x-cascade-route-score"] = f"{self.route_score:.4f}"
+        if self.route_reason:
+            headers["x-cascade-route-reason"] = self.route_reason
         if self.escalation_reason:
             headers["x-cascade-escalation-reason"] = self.escalation_reason
         if self.degraded:

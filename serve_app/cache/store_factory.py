@@ -13,7 +13,8 @@ from serve_app.config import CacheConfig
 def make_cache_store(config: CacheConfig, dim: int) -> CacheStore:
     """The store `config` selects, opened and ready for `dim`-dimensional vectors."""
     if config.store == "edge":
-        return EdgeCacheStore(config.edge_path, dim)
+        path = config.edge_path
+        return EdgeCacheStore(os.path.expandvars(os.path.expanduser(path)) if path else None, dim)
     if config.qdrant_url is None:
         raise ValueError("cache.qdrant_url is required when cache.store is 'qdrant'")
     return QdrantServerCacheStore(

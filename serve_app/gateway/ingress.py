@@ -17,7 +17,14 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.accounting.metrics import IngressMetrics
 from serve_app.cache.client import CacheClient
-from serve_app.config import TIER_NAMES, CascadeConfig, TierName
+from serve_app.config import (
+    CACHE_DEPLOYMENT,
+    ROUTER_DEPLOYMENT,
+    TIER_NAMES,
+    CascadeConfig,
+    TierName,
+    tier_deployment_name,
+)
 from serve_app.gateway.pipeline import RequestPipeline
 from serve_app.gateway.request_limits import read_body
 from serve_app.protocol.errors import (
@@ -27,12 +34,9 @@ from serve_app.protocol.errors import (
     openai_error_body,
 )
 from serve_app.protocol.openai_api import (
-    RequestKind,
     parse_json_object,
     request_json_schema,
-    validate_request,
 )
-from serve_app.routing.text import routing_text
 from serve_app.tiers.client import TierClient
 
 fastapi_app = FastAPI(title="LLM cascade", description="OpenAI-compatible cost-optimising cascade")
@@ -70,18 +74,30 @@ _INVALIDATE_SCHEMA: dict[str, Any] = {
 }
 
 
+def _handle(deployment: str, app_name: str) -> DeploymentHandle:
+    """A deployment of another application; if it is not deployed yet, this replica fails to
+    start and Serve retries it."""
+    return serve.get_deployment_handle(deployment, app_name=app_name)
+
+
 @serve.ingress(fastapi_app)
 class CascadeIngress:
     def __init__(
         self,
         config: dict[str, Any],
         *,
-        small: DeploymentHandle,
-        large: DeploymentHandle,
-        router: DeploymentHandle,
+        small: DeploymentHandle | None = None,
+        large: DeploymentHandle | None = None,
+        router: DeploymentHandle | None = None,
         cache: DeploymentHandle | None = None,
     ):
         self.config = CascadeConfig.model_validate(config)
+        shared_app = self.config.ingress.share_deployments_of
+        if shared_app:
+            small, large = (_handle(tier_deployment_name(t), shared_app) for t in TIER_NAMES)
+            router = _handle(ROUTER_DEPLOYMENT, shared_app)
+            cache = _handle(CACHE_DEPLOYMENT, shared_app) if self.config.cache.enabled else None
+        assert small is not None and large is not None and router is not None
         metrics = IngressMetrics.create()
         cache_client = None
         if cache is not None and self.config.cache.enabled:
@@ -109,7 +125,7 @@ class CascadeIngress:
     @fastapi_app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         created = int(time.time())
-        ids = [self.config.ingress.cascade_model_id]
+        ids = [self.config.ingress.cascade_model_id, *self.config.router.aliases]
         ids += [self.config.tiers[name].model_id for name in TIER_NAMES]
         cards = [
             {"id": i, "object": "model", "created": created, "owned_by": "cascade"} for i in ids
@@ -144,20 +160,12 @@ class CascadeIngress:
         ),
     )
     async def route(self, request: Request) -> dict[str, Any]:
-        """The router's decision for a chat or completion request, without generating."""
-        raw = await read_body(request, self.config.limits)
-        body = parse_json_object(raw, max_depth=self.config.limits.max_json_depth)
-        kind: RequestKind = "chat" if "messages" in body else "completion"
-        body = validate_request(body, kind)
-        decision = await self.pipeline.router.route.remote(routing_text(body, kind))
-        return {
-            "tier": decision.tier,
-            "model": self.config.tiers[decision.tier].model_id,
-            "score": decision.score,
-            "threshold": decision.threshold,
-            "scorer": decision.scorer,
-            "latency_ms": decision.latency_ms,
-        }
+        """The router's decision for a chat or completion request, without generating.
+
+        Authenticated, rate limited and admitted like a generation: in `api_keys` mode an
+        unknown key gets 401 here too, and a flood of route calls cannot starve the others.
+        """
+        return await self.pipeline.explain_route(request)
 
     @fastapi_app.post("/admin/cache/invalidate", openapi_extra=_json_body(_INVALIDATE_SCHEMA))
     async def invalidate_cache(self, request: Request) -> dict[str, Any]:
@@ -168,6 +176,9 @@ class CascadeIngress:
         unknown = set(body) - {"tenant", "tenant_api_key", "model"}
         if unknown:
             raise InvalidRequestError(f"Unknown fields: {sorted(unknown)}", param=min(unknown))
+        for name, value in body.items():
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequestError(f"'{name}' must be a string.", param=name)
         if self.pipeline.cache is None:
             return {"deleted": 0}
         tenant = body.get("tenant")

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -21,8 +21,11 @@ from serve_app.accounting.request_trace import RequestTrace
 from serve_app.cache.client import CacheClient, CacheTicket
 from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
 from serve_app.gateway.admission import AdmissionGate
-from serve_app.gateway.auth import Authenticator, RateLimiter
+from serve_app.gateway.auth import Authenticator
+from serve_app.gateway.context_fit import ContextLimits
 from serve_app.gateway.request_limits import check_request_limits, read_body, request_timeout_s
+from serve_app.gateway.shared_limits import rate_limits_from_config
+from serve_app.protocol.caller import Caller
 from serve_app.protocol.errors import (
     DEPLOYMENT_CALL_FAILURES,
     CascadeError,
@@ -30,34 +33,42 @@ from serve_app.protocol.errors import (
     ModelNotFoundError,
     OverloadedError,
     RequestTimeoutError,
+    openai_error_body,
 )
 from serve_app.protocol.openai_api import (
     RequestKind,
     client_wants_usage_chunk,
+    parse_json_object,
     parse_request_body,
     requested_max_tokens,
+    validate_request,
 )
-from serve_app.protocol.responses import Answer, replay_as_sse, response_as_sse, response_json
+from serve_app.protocol.responses import (
+    Answer,
+    RelayedUsage,
+    replay_as_sse,
+    response_as_sse,
+    response_json,
+    sse_event,
+)
 from serve_app.quality.cache_policy import uncacheable_reason
 from serve_app.quality.fallback import TierFallback
+from serve_app.routing.operating_point import ClientAsk, InvalidClientTarget, client_ask
 from serve_app.routing.router import Router
 from serve_app.routing.scorers import RouteDecision
 from serve_app.routing.text import routing_text
-from serve_app.tiers.client import TierClient
+from serve_app.tiers.client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")
+_Item = TypeVar("_Item")
 
 
-def _context_limits(config: CascadeConfig) -> dict[TierName | None, int | None]:
-    """Context length a request must fit, by pinned tier; None (routed): the smaller of both."""
-
-    def limit(tiers: list[TierName]) -> int | None:
-        lengths = [config.tiers[t].engine_kwargs.get("max_model_len") for t in tiers]
-        known = [int(length) for length in lengths if length]
-        return min(known) if known else None
-
-    limits: dict[TierName | None, int | None] = {t: limit([t]) for t in TIER_NAMES}
-    limits[None] = limit(list(TIER_NAMES))
+def _context_limits(config: CascadeConfig) -> ContextLimits:
+    """Context length a request must fit, by pinned tier; None (routed): the longer of both,
+    since a prompt too long for the small tier goes to the large one (`ContextLimits.fit`,
+    which counts prompts with each tier's tokenizer; they start loading now)."""
+    limits = ContextLimits(config)
+    limits.preload()
     return limits
 
 
@@ -65,6 +76,33 @@ def _discard_outcome(task: asyncio.Future[Any]) -> None:
     """Retrieve a dropped task's outcome so a late router error is not logged as unhandled."""
     if not task.cancelled():
         task.exception()
+
+
+def _log_failed_token_charge(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("Debiting tokens from a rate limit failed", exc_info=error)
+
+
+async def _until_deadline(
+    events: AsyncIterator[_Item], deadline_s: float | None
+) -> AsyncIterator[_Item]:
+    """`events` until `deadline_s` (time.monotonic()); past it, TimeoutError.
+
+    The wait for the next event is what gets cancelled, inside the tier stream, so the
+    engine's generation is aborted there (TierStream.events).
+    """
+    iterator = aiter(events)
+    while True:
+        remaining_s = None if deadline_s is None else deadline_s - time.monotonic()
+        if remaining_s is not None and remaining_s <= 0:
+            await iterator.aclose()  # aborts the generation
+            raise TimeoutError
+        try:
+            async with asyncio.timeout(remaining_s):
+                item = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        yield item
 
 
 async def _iterate(events: list[str]) -> AsyncIterator[str]:
@@ -127,7 +165,10 @@ class RequestPipeline:
         self.context_limits = _context_limits(config)
         self.fallback_router = Router({"threshold": config.router.threshold})
         self.auth = Authenticator(config.auth)
-        self.rate_limiter = RateLimiter()
+        self.rate_limiter = rate_limits_from_config(
+            config.auth.rate_limit_store, on_fail_open=metrics.rate_limit_fail_opens.inc
+        )
+        self.token_charges: set[asyncio.Task[None]] = set()  # held until done
         self.prices = {name: TierPrice.from_config(config.tiers[name].cost) for name in TIER_NAMES}
         self.fallback = TierFallback(
             tiers,
@@ -167,16 +208,48 @@ class RequestPipeline:
             if started_s is not None and not streaming:
                 self.admission.leave(started_s, completed=completed)
 
+    async def explain_route(self, request: Request) -> dict[str, Any]:
+        """`POST /v1/route`: where a request would go and why, behind the same admission,
+        authentication and rate limit as a generation (one request from the key's budget)."""
+        started_s = self.admission.enter()
+        try:
+            raw = await read_body(request, self.config.limits)
+            caller = self.auth.authenticate(request.headers)
+            await self.rate_limiter.admit(caller)
+            body = parse_json_object(raw, max_depth=self.config.limits.max_json_depth)
+            kind: RequestKind = "chat" if "messages" in body else "completion"
+            body = validate_request(body, kind)
+            text = routing_text(body, kind)
+            try:
+                ask = client_ask(self.config.router, body.get("model"), request.headers)
+            except InvalidClientTarget as e:
+                raise InvalidRequestError(str(e), param=e.param) from e
+            decision = await self._ask_router(text, ask) or await self.fallback_router.route(
+                text, ask
+            )
+        finally:
+            self.admission.leave(started_s, completed=True)
+        return {
+            "tier": decision.tier,
+            "model": self.config.tiers[decision.tier].model_id,
+            "score": decision.score,
+            "threshold": decision.threshold,
+            "scorer": decision.scorer,
+            "latency_ms": decision.latency_ms,
+            **decision.explanation(),
+        }
+
     async def _answer_request(self, request: Request, kind: RequestKind) -> Response:
         started_s = time.perf_counter()
         raw = await read_body(request, self.config.limits)
         caller = self.auth.authenticate(request.headers)
-        self.rate_limiter.admit(caller)
+        await self.rate_limiter.admit(caller)
         body = parse_request_body(raw, kind, max_depth=self.config.limits.max_json_depth)
         timeout_s = request_timeout_s(request.headers, self.config.ingress.request_timeout_s)
         pinned_tier = self._pinned_tier(body["model"])
         quality_mode = _quality_mode(self.config.quality, request.headers)
         check_request_limits(body, kind, self.config.limits, self.context_limits[pinned_tier])
+        context_fit = await self.context_limits.fit(body, kind, pinned_tier)
         trace = RequestTrace(
             pinned=pinned_tier is not None, cost=RequestCost(self.prices["large"]), caller=caller
         )
@@ -184,7 +257,9 @@ class RequestPipeline:
         if self.cache is not None:
             ticket = self.cache.ticket(body, kind, tenant=caller.tenant, headers=request.headers)
         # Route while the cache looks up; a hit answers at once and drops the routing.
-        routing = asyncio.ensure_future(self._route(body, kind, pinned_tier, trace))
+        routing = asyncio.ensure_future(
+            self._route(body, kind, pinned_tier, trace, request.headers)
+        )
         lookup = await self._lookup(ticket, trace)
         if lookup is not None:
             routing.cancel()
@@ -192,6 +267,7 @@ class RequestPipeline:
             self._record(trace, started_s, streamed=bool(body.get("stream")))
             return self._cached_response(lookup, body, kind, trace)
         trace.tier = await routing
+        context_fit.steer(trace)
         trace.deadline_s = time.monotonic() + timeout_s
         try:
             # On expiry the tier call is cancelled, which aborts the generation in the engine.
@@ -211,16 +287,29 @@ class RequestPipeline:
         self.ledger.add(trace.cost, split, escalated=trace.escalated)
         if trace.caller is not None:
             tokens = sum(u.prompt_tokens + u.completion_tokens for u in trace.cost.tiers)
-            self.rate_limiter.charge_tokens(trace.caller, tokens)
+            self._charge_tokens_later(trace.caller, tokens)
         if streamed:
             self.metrics.observe_ttft(trace, latency_s)
 
+    def _charge_tokens_later(self, caller: Caller, tokens: int) -> None:
+        """Debit the key's token budget in the background: the answer is ready, and it need
+        not wait on a shared rate-limit store."""
+        key = caller.key
+        if not tokens or key is None or key.tokens_per_minute is None:
+            return
+        charge = asyncio.ensure_future(self.rate_limiter.charge_tokens(caller, tokens))
+        self.token_charges.add(charge)
+        charge.add_done_callback(self.token_charges.discard)
+        charge.add_done_callback(_log_failed_token_charge)
+
     def _pinned_tier(self, model: str) -> TierName | None:
-        if model == self.config.ingress.cascade_model_id:
+        """The tier a model name pins; None for the cascade's name and its aliases (routed,
+        an alias at its own target: `router.aliases`)."""
+        if model == self.config.ingress.cascade_model_id or model in self.config.router.aliases:
             return None
         tier = self.config.tier_for_model(model)
         if tier is None:
-            available = [self.config.ingress.cascade_model_id]
+            available = [self.config.ingress.cascade_model_id, *self.config.router.aliases]
             available += [t.model_id for t in self.config.tiers.values()]
             raise ModelNotFoundError(model, available)
         return tier
@@ -252,24 +341,36 @@ class RequestPipeline:
         )
 
     async def _route(
-        self, body: dict[str, Any], kind: RequestKind, pinned: TierName | None, trace: RequestTrace
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        pinned: TierName | None,
+        trace: RequestTrace,
+        headers: Any = None,
     ) -> TierName:
+        """The tier for a request: its pinned one, else the router's decision at the
+        operator's target, or at the request's own (a model alias, or the
+        `x-cascade-large-share` header among `headers`) within `router.client_bounds`."""
         if pinned is not None:
             return pinned
         text = routing_text(body, kind)
-        decision = await self._ask_router(text)
+        try:
+            ask = client_ask(self.config.router, body.get("model"), headers)
+        except InvalidClientTarget as e:
+            raise InvalidRequestError(str(e), param=e.param) from e
+        decision = await self._ask_router(text, ask)
         if decision is None:
             # Router down or slow: the documented heuristic, computed here, keeps requests
-            # flowing.
-            decision = await self.fallback_router.route(text)
+            # flowing (at the operator's threshold: the heuristic has no curve for an ask).
+            decision = await self.fallback_router.route(text, ask)
         trace.routed_to = decision.tier
         trace.route_score = decision.score
         trace.cost.charge_router(self._cpu_usd(decision.latency_ms))
         return decision.tier
 
-    async def _ask_router(self, text: str) -> RouteDecision | None:
-        """The router deployment's decision, or None (counted, by reason) when its call fails
-        or overruns `router.timeout_s`.
+    async def _ask_router(self, text: str, ask: ClientAsk | None = None) -> RouteDecision | None:
+        """The router deployment's decision (at `ask`'s target when the request has one), or
+        None (counted, by reason) when its call fails or overruns `router.timeout_s`.
 
         Routing happens before the request's deadline starts, so this budget is all that stands
         between a hung router replica and a hung request. An abandoned call is cancelled and
@@ -278,7 +379,8 @@ class RequestPipeline:
         """
         call: asyncio.Future[RouteDecision] | None = None
         try:
-            call = asyncio.ensure_future(self.router.route.remote(text))
+            remote = self.router.route.remote
+            call = asyncio.ensure_future(remote(text) if ask is None else remote(text, ask))
             done, _ = await asyncio.wait({call}, timeout=self.config.router.timeout_s)
             if done:
                 return call.result()
@@ -389,7 +491,7 @@ class RequestPipeline:
 
     async def _relay(
         self,
-        stream: Any,
+        stream: TierStream,
         body: dict[str, Any],
         kind: RequestKind,
         trace: RequestTrace,
@@ -397,24 +499,62 @@ class RequestPipeline:
         started_s: float,
         quality_mode: QualityMode,
     ) -> AsyncIterator[str]:
-        wants_usage = client_wants_usage_chunk(body)
-        async for event, payload in stream.events():
-            if payload is not None and not payload.get("choices") and payload.get("usage"):
-                if not wants_usage:
-                    continue
-            yield event
-        answer = stream.answer()
+        """Relay the tier's stream until it ends, the deadline passes or the client leaves.
+
+        However it ends, the request is charged for the tokens the engine generated (the
+        engine reports usage on every chunk) and counted; a generation that did not end on its
+        own is aborted in the engine. Only a complete answer is cached.
+        """
+        relayed = RelayedUsage(body)
+        ending = "disconnect"  # unless the loop below ends otherwise: the client went away
+        try:
+            async for event, payload in _until_deadline(stream.events(), trace.deadline_s):
+                event = relayed.client_event(event, payload)
+                if event is not None:
+                    yield event
+            ending = "complete"
+        except TimeoutError:
+            ending = "deadline"
+            # The status line has left with a 200: the 504 travels as the stream's last event.
+            error = RequestTimeoutError("The request did not finish within its deadline.")
+            yield sse_event(openai_error_body(error))
+        finally:
+            if ending != "complete":
+                stream.cancel()  # abort the generation now, not when the relay is collected
+            self._settle_relay(
+                stream.answer(), body, kind, trace, ticket, started_s, ending, quality_mode
+            )
+
+    def _settle_relay(
+        self,
+        answer: Answer,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        ticket: CacheTicket | None,
+        started_s: float,
+        ending: str,
+        quality_mode: QualityMode,
+    ) -> None:
+        """Charge and count a relayed stream however it ended; cache it only if complete.
+
+        Synchronous on purpose: it also runs while the relay is being closed (client gone),
+        where nothing may be awaited.
+        """
         trace.cost.charge_tier(
             trace.tier, self.prices[trace.tier], answer.prompt_tokens, answer.completion_tokens
         )
-        # A routed small-tier stream relayed as it came was never judged by the gate.
-        unjudged = not trace.pinned and trace.tier == "small"
-        self._store(
-            ticket,
-            answer,
-            trace,
-            requested_max_tokens(body, kind),
-            gate_on=quality_mode != "off",
-            unjudged=unjudged,
-        )
+        if ending != "complete":
+            self.metrics.streams_cut.inc(tags={"reason": ending})
+        else:
+            # A routed small-tier stream relayed as it came was never judged by the gate.
+            unjudged = not trace.pinned and trace.tier == "small"
+            self._store(
+                ticket,
+                answer,
+                trace,
+                requested_max_tokens(body, kind),
+                gate_on=quality_mode != "off",
+                unjudged=unjudged,
+            )
         self._record(trace, started_s)

@@ -54,8 +54,6 @@ def check_request_limits(
 CLIENT_TIMEOUT_HEADER = "x-cascade-timeout-s"
 
 
-
-
 def request_timeout_s(headers: Any, configured_s: float) -> float:
     """The request's deadline: the configured one, or the client's own if it is shorter.
 

@@ -40,6 +40,14 @@ class InvalidRequestError(CascadeError):
     error_type = "invalid_request_error"
 
 
+class ContextLengthExceededError(InvalidRequestError):
+    """The prompt and the answer's tokens do not fit a model's context, as counted by the
+    ingress or refused by a tier's engine (OpenAI's code `context_length_exceeded`)."""
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message, param=param, code="context_length_exceeded")
+
+
 class ModelNotFoundError(CascadeError):
     status_code = 404
     error_type = "invalid_request_error"

@@ -8,6 +8,8 @@ Fields we do not know pass through to vLLM, which validates them again.
 from __future__ import annotations
 
 import json
+import math
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -40,6 +42,8 @@ WholeNumber = Annotated[int, BeforeValidator(_integral_float_to_int)]
 
 # vLLM takes a 64-bit seed; a larger one would fail inside the engine.
 _INT64_MAX = 2**63 - 1
+# OpenAI's limit on tools in one request; each tool's schema is rendered into the prompt.
+MAX_TOOLS = 128
 
 
 class _SamplingFields(BaseModel):
@@ -64,6 +68,9 @@ class _SamplingFields(BaseModel):
     stop: str | list[str] | None = Field(default=None)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # Read by the ingress itself (cache policy, early escalation), so typed here.
+    best_of: WholeNumber | None = Field(default=None, ge=1)
+    modalities: list[str] | None = None
     cache: bool = Field(default=True, description="Cascade extension: false bypasses the cache.")
 
     @field_validator("stop")
@@ -107,11 +114,63 @@ class _ChatMessage(BaseModel):
     name: str | None = None
 
 
+class _FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+        # A function's arguments are one JSON object, as OpenAI requires of the schema.
+        if parameters is not None and parameters.get("type", "object") != "object":
+            raise ValueError('a function\'s parameters must be a JSON Schema of type "object"')
+        return parameters
+
+
+class _Tool(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["function"] = "function"
+    function: _FunctionDefinition
+
+
 class ChatRequestFields(_SamplingFields):
     messages: list[_ChatMessage] = Field(min_length=1)
     max_completion_tokens: WholeNumber | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: WholeNumber | None = Field(default=None, ge=0, le=20)
+    tools: list[_Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    # A dict, not a model, in the union: pydantic would name the branch in the error's `param`.
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        # `logprobs` is declared before `top_logprobs`, so it is already validated here.
+        if top and info.data.get("logprobs") is not True:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return top
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: Any, info: ValidationInfo) -> Any:
+        # vLLM checks this on the raw body, where a malformed tool raises KeyError (a 500).
+        if choice is None or choice == "none" or "tools" not in info.data:
+            return choice  # (no "tools" in data: they are invalid, and that error names them)
+        tools: list[_Tool] | None = info.data["tools"]
+        if not tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if choice.get("type", "function") != "function" or not isinstance(name, str):
+                raise ValueError('name it as {"type": "function", "function": {"name": ...}}')
+            if name not in {tool.function.name for tool in tools}:
+                raise ValueError(f"no tool is named {name[:64]!r}")
+        return choice
 
 
 class CompletionRequestFields(_SamplingFields):
@@ -144,10 +203,38 @@ def _refuse_non_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DOUBLE_MAX_DIGITS = len(str(int(sys.float_info.max)))
+
+
+def _finite_float(literal: str) -> float:
+    # `1e400` is valid JSON but overflows a double into Infinity, which we refuse as above.
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError(f"number {literal[:32]} is out of range")
+    return value
+
+
+def _double_sized_int(literal: str) -> int:
+    # An integer no double can hold (`10**400`) means nothing to any field, and float() of it
+    # raises OverflowError wherever a field is read as a number (a 500, not a 400).
+    digits = len(literal.lstrip("-"))  # JSON has no leading zeros
+    if digits > _DOUBLE_MAX_DIGITS or abs(value := int(literal)) > sys.float_info.max:
+        raise ValueError(f"number {literal[:32]}... is out of range")
+    return value
+
+
 def parse_json_object(raw: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict[str, Any]:
     try:
-        body = json.loads(raw, parse_constant=_refuse_non_json_constant)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        # Strict UTF-8 (RFC 8259), a BOM tolerated: json.loads(bytes) would also take UTF-16
+        # and decode UTF-8-encoded surrogates (b"\xed\xa0\x80") into lone surrogates.
+        text = raw.decode("utf-8-sig")
+        body = json.loads(
+            text,
+            parse_constant=_refuse_non_json_constant,
+            parse_float=_finite_float,
+            parse_int=_double_sized_int,
+        )
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity, out of range
         raise InvalidRequestError(f"Request body is not valid JSON: {e}") from e
     except RecursionError as e:
         raise InvalidRequestError(f"Request body nests deeper than {max_depth} levels.") from e
@@ -157,7 +244,7 @@ def parse_json_object(raw: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) ->
         raise InvalidRequestError(f"Request body nests deeper than {max_depth} levels.")
     # JSON may escape half of a UTF-16 surrogate pair (`"\\ud800"`); Python decodes it into a
     # string no UTF-8 encoder (the engine, the cache, our own error message) can take.
-    if b"\\u" in raw and _has_lone_surrogate(body):
+    if "\\u" in text and _has_lone_surrogate(body):
         raise InvalidRequestError(
             "Request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
             "pair): not valid Unicode."
@@ -235,8 +322,14 @@ def engine_body(body: dict[str, Any], *, model: str, stream: bool) -> dict[str, 
     forwarded["model"] = model
     forwarded["stream"] = stream
     if stream:
-        # Usage is needed for cost accounting even when the client did not ask for it.
-        forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        # Usage is needed for cost accounting even when the client did not ask for it, and on
+        # every chunk (vLLM's continuous_usage_stats): a stream cut by its deadline or by the
+        # client is charged for what was generated. The relay shows the client what it asked.
+        forwarded["stream_options"] = {
+            **(body.get("stream_options") or {}),
+            "include_usage": True,
+            "continuous_usage_stats": True,
+        }
     else:
         forwarded.pop("stream_options", None)
     return forwarded

@@ -175,6 +175,30 @@ def without_logprobs(response: dict[str, Any]) -> dict[str, Any]:
     return {**response, "choices": choices}
 
 
+class RelayedUsage:
+    """The usage a client asked to see in a relayed stream.
+
+    The engine is asked for usage on every chunk (for the cascade's own accounting); the
+    client gets the final usage chunk only with `stream_options.include_usage`, and running
+    usage on each chunk only with `continuous_usage_stats` as well.
+    """
+
+    def __init__(self, body: dict[str, Any]):
+        options = body.get("stream_options") or {}
+        self.final = bool(options.get("include_usage"))
+        self.running = self.final and bool(options.get("continuous_usage_stats"))
+
+    def client_event(self, event: str, payload: dict[str, Any] | None) -> str | None:
+        """The event as the client should see it; None: not for this client."""
+        if payload is None or payload.get("usage") is None:
+            return event
+        if not payload.get("choices"):  # the closing usage-only chunk
+            return event if self.final else None
+        if self.running:
+            return event
+        return sse_event({key: value for key, value in payload.items() if key != "usage"})
+
+
 class StreamAccumulator:
     """Follows an engine's SSE stream to rebuild the answer and its usage."""
 

@@ -20,14 +20,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from serve_app.accounting.cost_model import TierPrice
 from serve_app.accounting.request_trace import RequestTrace
 from serve_app.config import TIER_NAMES, QualityConfig, TierName
-from serve_app.protocol.errors import CascadeError, OverloadedError, TierUnavailableError
+from serve_app.protocol.errors import (
+    CascadeError,
+    ContextLengthExceededError,
+    OverloadedError,
+    TierUnavailableError,
+)
 from serve_app.protocol.openai_api import (
     RequestKind,
     client_asked_for_logprobs,
@@ -35,8 +40,14 @@ from serve_app.protocol.openai_api import (
     with_internal_logprobs,
 )
 from serve_app.protocol.responses import Answer, answer_from_response, without_logprobs
+from serve_app.protocol.stream_collector import (
+    StreamCollector,
+    chunk_token_logprobs,
+    rebuildable_from_stream,
+)
 from serve_app.quality.checks import QualityGate
 from serve_app.quality.circuit_breaker import CircuitBreaker
+from serve_app.quality.early_stop import RunningConfidence
 from serve_app.routing.text import routing_text
 from serve_app.tiers.client import TierClient, TierStream
 
@@ -59,8 +70,24 @@ _Attempt: TypeAlias = "_Result | _Escalation"
 
 
 def _is_tier_failure(error: CascadeError) -> bool:
-    # 4xx means the request itself was refused; another tier would refuse it too.
+    # 4xx means the request itself was refused; another tier would refuse it too (all but a
+    # context-length refusal: see _small_error_escalation).
     return error.status_code >= 500
+
+
+def _small_error_escalation(error: CascadeError, escalate_on_error: bool) -> str | None:
+    """Why a small-tier error escalates to the large tier, or None when the error stands.
+
+    A prompt too long for the small tier's context is the large tier's whatever
+    `escalate_on_error` says: the ingress sends it there when its own count sees it, and this
+    catches what the count missed (no tokenizer, a template rendered differently). It is no
+    failure of the tier either, so its circuit breaker does not count it.
+    """
+    if isinstance(error, ContextLengthExceededError):
+        return "context_length"
+    if escalate_on_error and _is_tier_failure(error):
+        return "error"
+    return None
 
 
 class TierFallback:
@@ -115,7 +142,8 @@ class TierFallback:
             other = self._fallback_tier(tier, trace, error)
             if other is None:
                 raise
-            self._note_fallback(trace, tier, "error")
+            reason = _small_error_escalation(error, self.config.escalate_on_error)
+            self._note_fallback(trace, tier, reason or "error")
             stream = await self._guarded(other, self.tiers[other].open_stream(body, kind), trace)
         return stream
 
@@ -144,12 +172,16 @@ class TierFallback:
         wants_logprobs = judged and self.gate.needs_logprobs
         internal = with_internal_logprobs(body, kind) if wants_logprobs else body
         try:
-            response, answer = await self._ask("small", internal, kind, trace)
+            generated = await self._generate_small(body, internal, kind, trace, judged)
         except CascadeError as error:
-            if not (self.config.escalate_on_error and _is_tier_failure(error)):
+            reason = _small_error_escalation(error, self.config.escalate_on_error)
+            if reason is None:
                 raise
-            logger.warning("small tier failed (%s); escalating", error.message)
-            return _Escalation("error")
+            logger.warning("small tier failed (%s); escalating (%s)", error.message, reason)
+            return _Escalation(reason)
+        if generated is None:
+            return _Escalation("low_confidence_early")
+        response, answer = generated
         if internal is not body and not client_asked_for_logprobs(body):
             response = without_logprobs(response)
         if judged:
@@ -158,6 +190,69 @@ class TierFallback:
             )
             if reason:
                 return _Escalation(reason, (response, answer))
+        return response, answer
+
+    async def _generate_small(
+        self,
+        body: dict[str, Any],
+        internal: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        judged: bool,
+    ) -> _Result | None:
+        """The small tier's whole answer to `internal`, or None when early escalation stopped
+        it. Judged answers are watched as they are generated when the request's response can
+        be rebuilt from a stream (`quality.early_escalation`); others are generated whole."""
+        monitor = self._early_monitor(body, kind) if judged else None
+        if monitor is None:
+            return await self._ask("small", internal, kind, trace)
+        watch = self._watch_small(internal, kind, trace, monitor)
+        return await self._guarded("small", watch, trace)
+
+    def _early_monitor(self, body: dict[str, Any], kind: RequestKind) -> RunningConfidence | None:
+        early = self.config.early_escalation
+        if not (early.enabled and self.gate.needs_logprobs and rebuildable_from_stream(body, kind)):
+            return None
+        return RunningConfidence(
+            self.config.min_mean_logprob,
+            self.config.min_token_logprob,
+            min_tokens=early.min_tokens,
+            window_tokens=early.window_tokens,
+        )
+
+    async def _watch_small(
+        self,
+        body: dict[str, Any],
+        kind: RequestKind,
+        trace: RequestTrace,
+        monitor: RunningConfidence,
+    ) -> _Result | None:
+        """Generate the small tier's answer as a stream, its confidence watched token by token.
+
+        When the monitor says stop, the stream is cancelled, which aborts the generation in the
+        engine; the small tier is charged the tokens it generated (the engine reports usage on
+        every chunk) and None says escalate. A finished answer comes back as the non-streamed
+        response the engine would have sent.
+        """
+        stream = await self.tiers["small"].open_stream(body, kind)
+        collected = StreamCollector(kind)
+        async with aclosing(stream.events()) as events:  # closing it cancels the generation
+            async for _event, payload in events:
+                if payload is None:
+                    continue
+                collected.observe(payload)
+                if monitor.observe(chunk_token_logprobs(payload, kind)):
+                    stream.cancel()
+                    generated = max(collected.completion_tokens, monitor.tokens_seen)
+                    logger.debug("small answer stopped early after %d tokens", generated)
+                    price = self.prices["small"]
+                    trace.cost.charge_tier("small", price, collected.prompt_tokens, generated)
+                    return None
+        response = collected.response()
+        answer = answer_from_response(response, kind)
+        trace.cost.charge_tier(
+            "small", self.prices["small"], answer.prompt_tokens, answer.completion_tokens
+        )
         return response, answer
 
     def _hedge_delay_s(self, trace: RequestTrace) -> float:
@@ -290,11 +385,12 @@ class TierFallback:
     def _fallback_tier(
         self, failed: TierName, trace: RequestTrace, error: CascadeError
     ) -> TierName | None:
-        if trace.pinned or not _is_tier_failure(error):
+        if trace.pinned:
             return None
-        if failed == "small" and self.config.escalate_on_error:
-            return "large"
-        if failed == "large" and self.config.allow_degraded:
+        if failed == "small":
+            escalation = _small_error_escalation(error, self.config.escalate_on_error)
+            return "large" if escalation is not None else None
+        if self.config.allow_degraded and _is_tier_failure(error):
             return "small"
         return None
 

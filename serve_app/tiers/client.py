@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.protocol.errors import (
+    ContextLengthExceededError,
     InvalidRequestError,
     OverloadedError,
     TierUnavailableError,
@@ -37,6 +39,7 @@ def _engine_request(body: dict[str, Any], kind: RequestKind, *, model: str, stre
     # Imported on first use: the request models pull in vLLM, which the gateway's other
     # modules (and offline tools importing them) do not need.
     from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+    from vllm.exceptions import VLLMClientError
 
     request_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
     try:
@@ -47,6 +50,11 @@ def _engine_request(body: dict[str, Any], kind: RequestKind, *, model: str, stre
         raise InvalidRequestError(
             f"Invalid value for '{param}': {first['msg']}", param=param
         ) from e
+    except VLLMClientError as e:
+        # vLLM's own checks of a request (e.g. response_format json_schema without a schema)
+        # are not pydantic errors; they are still the client's mistake: a 400, not a 500.
+        message = str(e.args[0]) if e.args else str(e)
+        raise InvalidRequestError(message, param=getattr(e, "parameter", None)) from e
 
 
 def _tier_failure(model_id: str, error: BaseException) -> TierUnavailableError:
@@ -57,15 +65,28 @@ def _tier_failure(model_id: str, error: BaseException) -> TierUnavailableError:
     return TierUnavailableError(f"Tier {model_id} is unavailable: {error}")
 
 
+# How vLLM 0.29 refuses a request its context cannot hold (a 400): the prompt with the
+# requested answer (renderers/params.py, entrypoints/serve/utils/api_utils.py), a max_tokens
+# beyond max_model_len, or no room left for a single token (SamplingParams: the ingress refuses
+# a client's own max_tokens below 1, so at the engine this means a full context).
+_CONTEXT_REFUSAL = re.compile(
+    r"maximum context length"
+    r"|cannot be greater than max_model_len"
+    r"|max_tokens must be at least 1, got 0"
+)
+
+
 def _raise_if_error(item: Any) -> None:
     error = getattr(item, "error", None)
     if error is None or not hasattr(item, "model_dump"):
         return
     status = int(getattr(error, "code", 500) or 500)
     error_type = getattr(error, "type", "server_error") or "server_error"
-    raise UpstreamError(
-        str(getattr(error, "message", error)), status_code=status, error_type=error_type
-    )
+    message = str(getattr(error, "message", error))
+    if status == 400 and _CONTEXT_REFUSAL.search(message):
+        # Another tier's longer context may hold it: the fallback tells it from other 400s.
+        raise ContextLengthExceededError(message)
+    raise UpstreamError(message, status_code=status, error_type=error_type)
 
 
 def _split_events(item: Any) -> list[str]:
@@ -95,6 +116,9 @@ class TierStream:
             async for item in self._rest:
                 for event in _split_events(item):
                     yield self._observe(event)
+        except _TIER_FAILURES as e:
+            # The replica died mid-answer: a tier failure the fallback can act on.
+            raise _tier_failure(self._accumulator.model, e) from e
         except (asyncio.CancelledError, GeneratorExit):
             # The client went away (or timed out): abort the generation so the engine frees
             # its slot instead of generating for nobody.

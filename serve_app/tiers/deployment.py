@@ -13,7 +13,7 @@ import ray
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from serve_app.config import TierConfig, TierName
+from serve_app.config import TierConfig, TierName, tier_deployment_name
 from serve_app.model_sources import resolve_model_source
 from serve_app.tiers.ray_llm_internals import CallbackBase
 
@@ -70,5 +70,5 @@ def llm_config_for_tier(tier: TierConfig, *, resolve_packaged: bool = True) -> L
 
 def build_tier_deployment(name: TierName, tier: TierConfig) -> Application:
     return build_llm_deployment(
-        llm_config_for_tier(tier), override_serve_options={"name": f"llm-{name}"}
+        llm_config_for_tier(tier), override_serve_options={"name": tier_deployment_name(name)}
     )
