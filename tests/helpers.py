@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
+
+import httpx
 
 from serve_app.protocol.errors import TierUnavailableError
 
@@ -69,3 +72,17 @@ class ScriptedTier:
             "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
             "usage": usage,
         }
+
+
+def wait_for_gateway(client: httpx.Client, name: str, timeout_s: float = 300) -> None:
+    """Wait until a gateway of the test stack answers `/health` (the extra gateways start
+    beside the open one, so they may come up after it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the {name} gateway never came up"
+        time.sleep(1)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import SHORT_SMALL_CONTEXT, SHORT_SMALL_PREFIX
-from tests.helpers import chat_body
+from tests.helpers import chat_body, wait_for_gateway
 
 ENGINE_CONTEXT = 2048  # max_model_len of both local tiers (configs/local.yaml)
 READY_WAIT_S = 300
@@ -52,15 +52,7 @@ def _refusal(response: httpx.Response) -> dict[str, Any]:
 def short_small_http(cascade_url: str) -> Iterator[httpx.Client]:
     """The gateway whose small tier holds SHORT_SMALL_CONTEXT tokens, once it answers."""
     with httpx.Client(base_url=cascade_url + SHORT_SMALL_PREFIX, timeout=180) as client:
-        deadline = time.monotonic() + READY_WAIT_S
-        while True:
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the short-small gateway never came up"
-            time.sleep(1)
+        wait_for_gateway(client, "short-small", READY_WAIT_S)
         yield client
 
 

@@ -3,7 +3,6 @@ front of the same tiers, router and cache as the open one (`ingress.share_deploy
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEYS, KEYS_PREFIX
-from tests.helpers import chat_body
+from tests.helpers import chat_body, wait_for_gateway
 
 READY_WAIT_S = 300
 
@@ -24,15 +23,7 @@ def _bearer(tenant: str) -> dict[str, str]:
 def keys_http(cascade_url: str) -> Iterator[httpx.Client]:
     """The API-key gateway, once it answers (it starts beside the open one)."""
     with httpx.Client(base_url=cascade_url + KEYS_PREFIX, timeout=180) as client:
-        deadline = time.monotonic() + READY_WAIT_S
-        while True:
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API-key gateway never came up"
-            time.sleep(1)
+        wait_for_gateway(client, "API-key", READY_WAIT_S)
         yield client
 
 

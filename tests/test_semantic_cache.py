@@ -501,17 +501,22 @@ def test_stats_count_lookups_by_kind(cache: SemanticCache) -> None:
 # ---- the stores themselves -----------------------------------------------------------
 
 
-def test_edge_shard_keeps_answers_across_restart(tmp_path: Path, embedder: Embedder) -> None:
-    config = CacheConfig(store="edge", edge_path=str(tmp_path / "shard"))
+def _found_after_restart(config: CacheConfig, embedder: Embedder) -> str:
+    """Store an answer, close the cache, reopen it: how the paraphrase is found then."""
     first = SemanticCache(config, embedder=embedder)
     store_answer(first, key_for(chat(QUESTION)))
     first.close()
 
     second = SemanticCache(config, embedder=embedder)
     try:
-        assert lookup(second, key_for(chat(PARAPHRASE))).kind == "semantic"
+        return lookup(second, key_for(chat(PARAPHRASE))).kind
     finally:
         second.close()
+
+
+def test_edge_shard_keeps_answers_across_restart(tmp_path: Path, embedder: Embedder) -> None:
+    config = CacheConfig(store="edge", edge_path=str(tmp_path / "shard"))
+    assert _found_after_restart(config, embedder) == "semantic"
 
 
 def test_default_edge_shard_keeps_answers_across_restart(
@@ -519,16 +524,7 @@ def test_default_edge_shard_keeps_answers_across_restart(
 ) -> None:
     # An operator who leaves `edge_path` out restarts the cache and still has its answers.
     monkeypatch.setenv("HOME", str(tmp_path))
-    config = CacheConfig(store="edge")
-    first = SemanticCache(config, embedder=embedder)
-    store_answer(first, key_for(chat(QUESTION)))
-    first.close()
-
-    second = SemanticCache(config, embedder=embedder)
-    try:
-        assert lookup(second, key_for(chat(PARAPHRASE))).kind == "semantic"
-    finally:
-        second.close()
+    assert _found_after_restart(CacheConfig(store="edge"), embedder) == "semantic"
     assert any(tmp_path.rglob("*")), "the shard lives under the operator's home"
 
 
