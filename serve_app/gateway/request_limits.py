@@ -41,7 +41,9 @@ def check_request_limits(
         )
     if max_model_len is None:
         return
-    for param in ("max_tokens", "max_completion_tokens"):
+    # Completions have no `max_completion_tokens`: there it is an unvalidated extra field.
+    params = ("max_tokens", "max_completion_tokens") if kind == "chat" else ("max_tokens",)
+    for param in params:
         value = body.get(param)
         if value is not None and value >= max_model_len:
             raise InvalidRequestError(
