@@ -570,6 +570,11 @@ class CascadeConfig(StrictModel):
             raise ValueError(f"model ids must be distinct, got {model_ids}")
         return self
 
+    def served_model_ids(self) -> list[str]:
+        """Every model name a client may send: the cascade's, its aliases, then each tier's."""
+        ids = [self.ingress.cascade_model_id, *self.router.aliases]
+        return ids + [self.tiers[name].model_id for name in TIER_NAMES]
+
     def tier_for_model(self, model_id: str) -> TierName | None:
         for name, tier in self.tiers.items():
             if tier.model_id == model_id:

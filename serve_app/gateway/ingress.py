@@ -125,10 +125,9 @@ class CascadeIngress:
     @fastapi_app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         created = int(time.time())
-        ids = [self.config.ingress.cascade_model_id, *self.config.router.aliases]
-        ids += [self.config.tiers[name].model_id for name in TIER_NAMES]
         cards = [
-            {"id": i, "object": "model", "created": created, "owned_by": "cascade"} for i in ids
+            {"id": i, "object": "model", "created": created, "owned_by": "cascade"}
+            for i in self.config.served_model_ids()
         ]
         return {"object": "list", "data": cards}
 

@@ -219,14 +219,7 @@ class RequestPipeline:
             body = parse_json_object(raw, max_depth=self.config.limits.max_json_depth)
             kind: RequestKind = "chat" if "messages" in body else "completion"
             body = validate_request(body, kind)
-            text = routing_text(body, kind)
-            try:
-                ask = client_ask(self.config.router, body.get("model"), request.headers)
-            except InvalidClientTarget as e:
-                raise InvalidRequestError(str(e), param=e.param) from e
-            decision = await self._ask_router(text, ask) or await self.fallback_router.route(
-                text, ask
-            )
+            decision = await self._decide(routing_text(body, kind), body, request.headers)
         finally:
             self.admission.leave(started_s, completed=True)
         return {
@@ -309,9 +302,7 @@ class RequestPipeline:
             return None
         tier = self.config.tier_for_model(model)
         if tier is None:
-            available = [self.config.ingress.cascade_model_id, *self.config.router.aliases]
-            available += [t.model_id for t in self.config.tiers.values()]
-            raise ModelNotFoundError(model, available)
+            raise ModelNotFoundError(model, self.config.served_model_ids())
         return tier
 
     async def _lookup(self, ticket: CacheTicket | None, trace: RequestTrace) -> Answer | None:
@@ -353,7 +344,15 @@ class RequestPipeline:
         `x-cascade-large-share` header among `headers`) within `router.client_bounds`."""
         if pinned is not None:
             return pinned
-        text = routing_text(body, kind)
+        decision = await self._decide(routing_text(body, kind), body, headers)
+        trace.routed_to = decision.tier
+        trace.route_score = decision.score
+        trace.cost.charge_router(self._cpu_usd(decision.latency_ms))
+        return decision.tier
+
+    async def _decide(self, text: str, body: dict[str, Any], headers: Any) -> RouteDecision:
+        """The routing decision for `text`, at the request's own target if it asks for one (a
+        model alias or `x-cascade-large-share`, within `router.client_bounds`)."""
         try:
             ask = client_ask(self.config.router, body.get("model"), headers)
         except InvalidClientTarget as e:
@@ -363,10 +362,7 @@ class RequestPipeline:
             # Router down or slow: the documented heuristic, computed here, keeps requests
             # flowing (at the operator's threshold: the heuristic has no curve for an ask).
             decision = await self.fallback_router.route(text, ask)
-        trace.routed_to = decision.tier
-        trace.route_score = decision.score
-        trace.cost.charge_router(self._cpu_usd(decision.latency_ms))
-        return decision.tier
+        return decision
 
     async def _ask_router(self, text: str, ask: ClientAsk | None = None) -> RouteDecision | None:
         """The router deployment's decision (at `ask`'s target when the request has one), or
