@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from benchmarks.faults import (
     cache_answers,
     connect_to_stack,
@@ -30,7 +32,7 @@ from benchmarks.faults import (
     tier_answers,
     wait_until,
 )
-from benchmarks.loadgen import Outcome, run_load, summarize
+from benchmarks.loadgen import Outcome, request_outcome, routed_question, run_load, summarize
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Escalation reasons that mean the small tier failed, not its answer
@@ -60,6 +62,10 @@ class DrillResult:
     killed_replicas: int
     kill_at_s: float
     outcomes: list[Outcome]
+    first_after_kill: Outcome
+    """A request sent the moment the killed replica was gone: it meets the outage for sure,
+    whatever the load's requests happened to be doing then (under load they may all be waiting
+    on an engine past a short outage)."""
     recovery_s: float | None
     orphaned_engines_before: int
     orphaned_engines_after: int
@@ -92,6 +98,10 @@ class DrillResult:
             "cache_fail_opens": sum(
                 o.headers.get("x-cascade-cache") == "error" for o in self.outcomes
             ),
+            "first_request_after_kill": {
+                "kind": self.first_after_kill.kind,
+                **self.first_after_kill.headers,
+            },
             "service_recovery_s": round(self.service_recovery_s(), 1),
             "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 1),
             "orphaned_vllm_processes_before_after": [
@@ -99,6 +109,11 @@ class DrillResult:
                 self.orphaned_engines_after,
             ],
         }
+
+
+async def _one_routed_request(base_url: str, t0: float, timeout_s: float) -> Outcome:
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s) as client:
+        return await request_outcome(client, routed_question(0), {}, t0)
 
 
 def run_drill(
@@ -132,6 +147,8 @@ def run_drill(
     time.sleep(kill_at_s)
     killed = kill_replicas(fault.deployment)
     actual_kill_at_s = time.perf_counter() - started
+    first_after_kill = asyncio.run(_one_routed_request(base_url, started, timeout_s))
+    outcomes.append(first_after_kill)
     try:
         recovery_s = wait_until(lambda: fault.recovered(base_url), recovery_timeout_s, 2.0)
     except TimeoutError:
@@ -142,6 +159,7 @@ def run_drill(
         killed,
         actual_kill_at_s,
         outcomes,
+        first_after_kill,
         recovery_s,
         orphans_before,
         orphaned_engine_processes(),

@@ -42,6 +42,8 @@ def kill_replicas(deployment: str) -> int:
     for name, namespace in names:
         # no_restart: Ray must not restart the actor itself; Serve replaces the replica.
         ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    # ray.kill only asks; the drill's next request must meet the dead replica, not a live one.
+    wait_until(lambda: not set(names) & set(replica_actor_names(deployment)), 30.0, 0.05)
     return len(names)
 
 
