@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup servers models run test lint
+.PHONY: setup servers models run test lint autoscaling-benchmark
 
 setup: $(STAMP)
 
@@ -40,3 +40,10 @@ lint: setup
 
 test: models lint servers
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CASCADE_REQUIRE_SERVERS=1 $(PY) -m pytest -q
+
+# Not part of `make test` (several minutes on 2 cores): starts the autoscaling profile of
+# configs/local.yaml on port 8000 (stop `make run` first), loads the small tier until Serve adds
+# a replica, idles until it removes it, stops the stack. Figures: docs/benchmarks.md.
+autoscaling-benchmark: models
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.autoscaling \
+		--out artifacts/autoscaling.json --png docs/img/autoscaling.png

@@ -37,7 +37,7 @@ from benchmarks.loadgen import Outcome, request_outcome, routed_question, run_lo
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Escalation reasons that mean the small tier failed, not its answer
 # (serve_app/quality/fallback.py).
-_FAILURE_REASONS = ("error", "timeout", "small_circuit_open")
+_FAILURE_REASONS = ("error", "timeout", "small_circuit_open", "small_unavailable")
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ def stop(process: subprocess.Popen[bytes] | None) -> list[int]:
     return stop_session(session_id)
 
 
-def _tier_answers(client: httpx.Client, model: str) -> bool:
+def tier_answers(client: httpx.Client, model: str) -> bool:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     try:
         response = client.post("/v1/chat/completions", json=body)
@@ -150,13 +150,13 @@ def wait_ready(
                 raise RuntimeError(f"serve run exited with code {process.returncode}")
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"tiers {pending} not ready after {timeout_s:.0f} s")
-            pending = [model for model in pending if not _tier_answers(client, model)]
+            pending = [model for model in pending if not tier_answers(client, model)]
             if pending:
                 time.sleep(2)
     return time.monotonic() - started
 
 
-def _interrupt(signum: int, _frame: object) -> None:
+def interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     # Stop cleanly on Ctrl-C and on `kill`, even when started in the background.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     process = start(args.config, Path(args.log))
     print(f"starting the cascade (serve run {args.config}); log: {args.log}", flush=True)
     try:

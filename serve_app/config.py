@@ -436,6 +436,15 @@ class IngressConfig(StrictModel):
         description="Environment variable holding the bearer token of the admin API "
         "(/admin/*); the admin API is disabled while it is unset or empty.",
     )
+    tier_watch_s: float | None = Field(
+        default=2.0,
+        gt=0,
+        description="How often each ingress replica reads the tiers' replica states from Serve. "
+        "A tier with no running replica (restarting, or its node lost) is skipped at once: "
+        "routed requests go to the other tier, and a request no tier can take gets a 503 with "
+        "Retry-After instead of waiting for a replica until its deadline. None: never read "
+        "(Serve holds such calls until a replica starts).",
+    )
     cpu_usd_per_hour: float = Field(
         default=0.05,
         ge=0,
@@ -462,26 +471,60 @@ class IngressConfig(StrictModel):
         return self
 
 
+# The tenant label of every caller that is not a configured key's tenant (open mode's
+# per-bearer tenants, anonymous callers): metrics stay one series per configured tenant.
+OTHER_TENANT = "other"
+
+
 class ApiKeyConfig(StrictModel):
     """One API key, stored as the SHA-256 hex digest of the key (never the key itself)."""
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256(key).hexdigest()")
-    tenant: str = Field(min_length=1, description="Cache partition and rate-limit owner.")
+    tenant: str = Field(
+        min_length=1,
+        description="Cache partition, rate-limit and budget owner, and the `tenant` label of "
+        "the cost metrics (each configured tenant adds its own series).",
+    )
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
+    usd_per_day: float | None = Field(
+        default=None,
+        gt=0,
+        description="Dollar budget of the tenant's spend per UTC calendar day (actual cost, as "
+        "`x-cascade-cost-usd`). Once spent, requests get 429 `budget_exceeded` until the next "
+        "UTC midnight. A request is checked before it runs and debited after it: requests "
+        "already running when the budget runs out still finish.",
+    )
+    usd_per_month: float | None = Field(
+        default=None,
+        gt=0,
+        description="Dollar budget of the tenant's spend per UTC calendar month; once spent, "
+        "requests get 429 `budget_exceeded` until the first of the next month, 00:00 UTC.",
+    )
+
+    @field_validator("tenant")
+    @classmethod
+    def _not_the_catch_all_tenant(cls, tenant: str) -> str:
+        if tenant == OTHER_TENANT:
+            raise ValueError(
+                f"tenant {OTHER_TENANT!r} is reserved: metrics label every unconfigured "
+                "caller with it"
+            )
+        return tenant
 
 
 class LocalRateLimitStore(StrictModel):
-    """Budgets in each ingress replica's memory: N replicas admit up to N times a key's limit.
-    Right for one ingress replica (local use)."""
+    """Limits and dollar budgets in each ingress replica's memory: N replicas admit up to N
+    times a key's limit or budget. Right for one ingress replica (local use)."""
 
     kind: Literal["local"] = "local"
 
 
 class RedisRateLimitStore(StrictModel):
-    """Budgets in a Redis server shared by every ingress replica, on every node, so a key's
-    limits hold in total. Each check is one atomic Lua script timed by the Redis server's
-    clock; idle tenants' budgets expire once refilled."""
+    """Limits and dollar budgets in a Redis server shared by every ingress replica, on every
+    node, so a key's limits and budgets hold in total. Each rate-limit check is one atomic Lua
+    script timed by the Redis server's clock; idle tenants' buckets expire once refilled, and a
+    day's or month's spend an hour after its period ends."""
 
     kind: Literal["redis"]
     url: str | None = Field(
@@ -497,8 +540,8 @@ class RedisRateLimitStore(StrictModel):
     key_prefix: str = Field(
         default="cascade:ratelimit",
         min_length=1,
-        description="Prefix of the budget keys; applications sharing a Redis with different "
-        "prefixes keep separate budgets.",
+        description="Prefix of the rate-limit and spend keys; applications sharing a Redis "
+        "with different prefixes keep separate limits and budgets.",
     )
     timeout_s: float = Field(
         default=0.1,
@@ -531,9 +574,10 @@ class AuthConfig(StrictModel):
     rate_limit_store: LocalRateLimitStore | RedisRateLimitStore = Field(
         default_factory=LocalRateLimitStore,
         discriminator="kind",
-        description="Where keys' requests/tokens-per-minute budgets live: `{kind: local}` in "
-        "each ingress replica (one replica), or `{kind: redis, url_env: ...}` shared by all "
-        "ingress replicas so each key's limits hold across replicas and nodes.",
+        description="Where keys' requests/tokens-per-minute limits and dollar budgets live: "
+        "`{kind: local}` in each ingress replica (one replica), or `{kind: redis, url_env: ...}` "
+        "shared by all ingress replicas so each key's limits and budgets hold across replicas "
+        "and nodes.",
     )
 
 

@@ -15,6 +15,7 @@ import yaml
 from benchmarks.faults import use_ray_token_auth_if_configured
 from devtools import local_stack
 from serve_app.gateway.auth import key_sha256
+from tests.redis_server import RedisServer
 
 # Before any test module initialises Ray: the fault tests attach to the stack's cluster.
 use_ray_token_auth_if_configured()
@@ -23,11 +24,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 TIER_MODELS = ["cascade-small", "cascade-large"]
 KEYS_PREFIX = "/keys"
-# tenant: (API key, its limits) of the API-key gateway.
-API_KEYS: dict[str, tuple[str, dict[str, int]]] = {
+# tenant: (API key, its limits and budgets) of the API-key gateway.
+API_KEYS: dict[str, tuple[str, dict[str, float]]] = {
     "alpha": ("sk-test-alpha", {}),
     "beta": ("sk-test-beta", {}),
     "limited": ("sk-test-limited", {"requests_per_minute": 2}),
+    # Budgets one small-tier answer spends (~$0.00001 at configs/local.yaml's prices).
+    "daily-budget": ("sk-test-daily-budget", {"usd_per_day": 0.000001}),
+    "monthly-budget": (
+        "sk-test-monthly-budget",
+        {"usd_per_day": 100.0, "usd_per_month": 0.000001},
+    ),
 }
 # A third gateway, told the small tier's context is shorter than the large tier's (both local
 # engines hold 2048 tokens), so prompts between the two exercise routing by length.
@@ -121,6 +128,15 @@ def cascade_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the offline tests of the limits and budgets that ingress
+    replicas share (each test flushes it first)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def http(cascade_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=cascade_url, timeout=180) as client:
         yield client
@@ -137,6 +153,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "disruptive: kills parts of the live stack; runs after every other test"
     )
+    config.addinivalue_line(
+        "markers",
+        "own_cluster: starts a stack of its own; runs after the offline tests, before the "
+        "shared stack starts",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -149,5 +170,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         key=lambda item: (
             "cascade_url" in getattr(item, "fixturenames", ()),
             item.get_closest_marker("disruptive") is not None,
+            # Last of the offline tests: its stack is stopped before the shared one starts.
+            item.get_closest_marker("own_cluster") is not None,
         )
     )

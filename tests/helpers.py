@@ -8,6 +8,9 @@ from typing import Any
 
 import httpx
 
+from serve_app.config import ApiKeyConfig
+from serve_app.gateway.auth import key_sha256
+from serve_app.protocol.caller import Caller
 from serve_app.protocol.errors import TierUnavailableError
 
 GOOD = "The capital of France is Paris, a city on the Seine known for its museums."
@@ -86,3 +89,8 @@ def wait_for_gateway(client: httpx.Client, name: str, timeout_s: float = 300) ->
             pass
         assert time.monotonic() < deadline, f"the {name} gateway never came up"
         time.sleep(1)
+
+
+def keyed_caller(tenant: str, **key_fields: Any) -> Caller:
+    """A caller with an API key of its own tenant, with the given limits or budgets."""
+    return Caller(tenant, ApiKeyConfig(sha256=key_sha256(tenant), tenant=tenant, **key_fields))

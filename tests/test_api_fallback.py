@@ -185,7 +185,7 @@ def _wait_until_small_tier_answers(http: httpx.Client, timeout_s: float) -> None
 @pytest.mark.disruptive
 def test_small_tier_dying_mid_answer_fails_over_to_large(http: httpx.Client) -> None:
     """Kill the small tier's replica while it generates: the client still gets the large
-    tier's whole answer, flagged as an escalation caused by an error. Then wait until the
+    tier's whole answer, flagged as an escalation caused by the tier's failure. Then wait until the
     controller has replaced the replica, so the stack is whole again."""
     import ray
 
@@ -205,7 +205,9 @@ def test_small_tier_dying_mid_answer_fails_over_to_large(http: httpx.Client) -> 
         assert response.status_code == 200, response.text
         assert response.headers["x-cascade-route"] == "small"
         assert response.headers["x-cascade-escalated"] == "true"
-        assert response.headers["x-cascade-escalation-reason"] == "error"
+        # "error" when the call sees the replica die, "small_unavailable" when the ingress's
+        # tier watch sees it gone first: both are the tier's failure, not the answer's.
+        assert response.headers["x-cascade-escalation-reason"] in ("error", "small_unavailable")
         assert response.headers["x-cascade-tier"] == "large"
         answer = response.json()
         assert answer["model"] == "cascade-large"

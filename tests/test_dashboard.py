@@ -39,5 +39,14 @@ def test_dashboard_has_the_operator_panels() -> None:
         "ttft",
         "kv-cache",
         "queue depth",
+        "spend by tenant",
     ):
         assert needed in titles, needed
+
+
+def test_spend_by_tenant_is_plotted_by_the_tenant_label_the_counters_carry() -> None:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    (panel,) = [p for p in panels if p["title"].lower().startswith("spend by tenant")]
+    assert [t["legendFormat"] for t in panel["targets"]] == ["{{tenant}}"]
+    assert "sum by (tenant) (rate(ray_cascade_cost_usd_total" in panel["targets"][0]["expr"]
+    assert "tenant" in IngressMetrics.create().cost_usd.info["tag_keys"]

@@ -161,7 +161,8 @@ def test_cpu_deployments_autoscale_and_stay_on_on_demand_nodes(production) -> No
     for name in ("ingress", "semantic-cache", "router"):
         schema = _schema(production[name])
         assert schema["autoscaling_config"]["min_replicas"] >= 2
-        assert schema["ray_actor_options"]["resources"] == {"serving_node": 1}
+        # Only CPU serving nodes advertise it: GPU nodes keep their CPUs for the engines.
+        assert schema["ray_actor_options"]["resources"] == {"gateway_node": 1}
 
 
 def test_engine_args_reach_vllm_as_configured(production) -> None:
@@ -311,6 +312,8 @@ def test_cluster_gpu_types_serve_on_demand_and_spot_only_does_batch() -> None:
         small_scaling["max_replicas"],
     )
     assert large["resources"]["accelerator_type:A100-80G"] == 8  # the label the tier pins
+    gateway_types = {name for name, t in node_types.items() if "gateway_node" in t["resources"]}
+    assert gateway_types == {"cpu_serving"}
 
 
 def test_rayservice_serves_exactly_the_production_config() -> None:
@@ -321,6 +324,8 @@ def test_rayservice_serves_exactly_the_production_config() -> None:
     assert "serving_node" not in by_name["gpu-batch-spot"]["rayStartParams"]["resources"]
     for name in ("cpu-serving", "gpu-small", "gpu-large"):
         assert "serving_node" in by_name[name]["rayStartParams"]["resources"]
+        advertises_gateway = "gateway_node" in by_name[name]["rayStartParams"]["resources"]
+        assert advertises_gateway == (name == "cpu-serving")
 
 
 def test_mig_variant_changes_only_the_small_tier(offline_ray) -> None:

@@ -4,11 +4,12 @@ A private Prometheus (devtools.prometheus, Debian's package) scrapes the stack's
 through the targets Ray writes for Prometheus. A short workload goes through the cascade, and
 its response headers say what the counters must show: requests by tier, cache hits, pinned
 requests, escalations, errors, and spend and counterfactual equal to the sums of
-`x-cascade-cost-usd` and `x-cascade-counterfactual-usd`. Then every PromQL query of
-deploy/grafana/cascade-dashboard.json runs against that Prometheus over the test's window: a
-query that returns no series, or only NaN, fails, as its panel would say "No data". The report's
-`--prometheus` mode must give the summary the direct scrape gives, and `--plot` must draw its
-panels.
+`x-cascade-cost-usd` and `x-cascade-counterfactual-usd`, in total and by tenant (one request
+goes through the API-key gateway as tenant `alpha`; the open gateway's callers are `other`).
+Then every PromQL query of deploy/grafana/cascade-dashboard.json runs against that Prometheus
+over the test's window: a query that returns no series, or only NaN, fails, as its panel would
+say "No data". The report's `--prometheus` mode must give the summary the direct scrape gives,
+of every tenant and of one, and `--plot` must draw its panels.
 
 Timing, with no fixed sleeps: Ray's workers push metrics to the node's agent every
 `metrics_report_interval_ms` (10 s), so counters are read once they have stopped moving for
@@ -64,7 +65,8 @@ from serve_app.ops.report import (
     scrape,
     summarize,
 )
-from tests.helpers import EMPTY_ANSWER, chat_body
+from tests.conftest import API_KEYS, KEYS_PREFIX
+from tests.helpers import EMPTY_ANSWER, chat_body, wait_for_gateway
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "cascade-dashboard.json"
@@ -87,6 +89,7 @@ COUNTERS: tuple[tuple[str, str | None], ...] = (
     ("requests", "route"),
     ("cost_usd", None),
     ("cost_usd", "component"),
+    ("cost_usd", "tenant"),
     ("counterfactual_usd", None),
     ("lever_saved_usd", "lever"),
     ("lever_cost_usd", "lever"),
@@ -103,7 +106,12 @@ MUST_RISE = (
     ("Dollars per hour", "C"),  # saved: a cache hit and a pinned small answer
     ("Tier split", "A"),
     ("Cache hit rate", "A"),
+    ("Spend by tenant", "A"),
 )
+KEYED_TENANT = "alpha"  # the workload's request through the API-key gateway
+# Over two of vLLM's KV blocks (128 tokens on CPU, 16 on GPU) long: a second question after it
+# hits the prefix cache.
+QUIZ_SYSTEM_PROMPT = "You answer questions of a food quiz with yes or no, nothing else. " * 20
 
 requires_prometheus = pytest.mark.skipif(
     shutil.which("prometheus") is None and not os.environ.get(REQUIRE_SERVERS_ENV),
@@ -227,14 +235,18 @@ class Answer:
         return float(self.headers["x-cascade-counterfactual-usd"])
 
 
-def _post(http: httpx.Client, body: dict[str, Any]) -> Answer:
-    response = http.post("/v1/chat/completions", json=body)
+def _post(
+    http: httpx.Client, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Answer:
+    response = http.post("/v1/chat/completions", json=body, headers=headers)
     return Answer(response.status_code, dict(response.headers))
 
 
-def send_workload(http: httpx.Client, capital_of: str) -> list[Answer]:
+def send_workload(http: httpx.Client, keys_http: httpx.Client, capital_of: str) -> list[Answer]:
     """One of each thing the dashboard shows: a routed miss and its cache hit, a pinned request,
-    an escalation (the small tier's empty answer) and an unknown model (404)."""
+    an escalation (the small tier's empty answer), an unknown model (404), two questions after
+    one system prompt (a prefix-cache hit), and last a configured tenant's request (through the
+    API-key gateway)."""
     tag = _tag()
     question = chat_body(f"What is the capital of {capital_of}? (dashboard run {tag})")
     question["max_tokens"] = MAX_TOKENS
@@ -246,6 +258,15 @@ def send_workload(http: httpx.Client, capital_of: str) -> list[Answer]:
         _post(http, chat_body(f"Tell me about dogs. ({tag})", cache=False, **EMPTY_ANSWER))
     )
     answers.append(_post(http, chat_body("Hello?", model="no-such-model")))
+    # Two questions after one long system prompt: the second reuses the first's KV blocks, so
+    # the prefix-cache panel has hits to plot whatever else the stack served before.
+    for fruit in ("apple", "pear"):
+        shared_prefix = chat_body(f"Is a {fruit} a fruit? ({tag})", model="cascade-small")
+        shared_prefix["messages"].insert(0, {"role": "system", "content": QUIZ_SYSTEM_PROMPT})
+        answers.append(_post(http, {**shared_prefix, "max_tokens": 4, "cache": False}))
+    keyed = chat_body(f"Name a fruit. ({tag})", model="cascade-small", max_tokens=16, cache=False)
+    bearer = {"authorization": f"Bearer {API_KEYS[KEYED_TENANT][0]}"}
+    answers.append(_post(keys_http, keyed, bearer))
     return answers
 
 
@@ -271,8 +292,8 @@ def send_relayed_stream(http: httpx.Client) -> Answer:
 def _check_workload(answers: list[Answer]) -> None:
     """The workload did what the assertions on the counters assume."""
     statuses = [answer.status for answer in answers]
-    assert statuses == [200, 200, 200, 200, 404], statuses
-    miss, hit, pinned, escalated, _ = answers
+    assert statuses == [200, 200, 200, 200, 404, 200, 200, 200], statuses
+    miss, hit, pinned, escalated, *_ = answers
     assert (miss.headers["x-cascade-cache"], hit.headers["x-cascade-cache"]) == ("miss", "hit")
     assert pinned.headers["x-cascade-route"] == "pinned"
     assert escalated.headers.get("x-cascade-escalation-reason") == "empty", escalated.headers
@@ -284,6 +305,7 @@ class Observed:
 
     prometheus: PrometheusServer
     answers: list[Answer]  # the measured round (not the stream, whose cost header is partial)
+    keyed: Answer  # its request from a configured tenant (KEYED_TENANT)
     before: Snapshot
     after: Snapshot
     window_start_s: float
@@ -311,19 +333,30 @@ def _wait_for_targets(server: PrometheusServer) -> None:
 
 
 @pytest.fixture(scope="module")
+def keys_http(cascade_url: str) -> Iterator[httpx.Client]:
+    """The stack's API-key gateway, whose callers carry their configured tenant."""
+    with httpx.Client(base_url=cascade_url + KEYS_PREFIX, timeout=180) as client:
+        wait_for_gateway(client, "API-key")
+        yield client
+
+
+@pytest.fixture(scope="module")
 def observed(
-    cascade_url: str, http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
+    cascade_url: str,
+    http: httpx.Client,
+    keys_http: httpx.Client,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Observed]:
     discovery_file = ray_discovery_file(stack_session_dir(cascade_url))
     with PrometheusServer(tmp_path_factory.mktemp("prometheus"), discovery_file) as server:
         try:
             _wait_for_targets(server)
             # Priming round: every series the panels plot exists before the measured round.
-            _check_workload(send_workload(http, "Italy"))
+            _check_workload(send_workload(http, keys_http, "Italy"))
             assert send_relayed_stream(http).status == 200
             before = settled(server.url)
 
-            answers = send_workload(http, "France")
+            answers = send_workload(http, keys_http, "France")
             _check_workload(answers)
             answered = sum(answer.status == 200 for answer in answers)
             after = settled(server.url, lambda now: delta(before, now, "requests") >= answered)
@@ -334,7 +367,8 @@ def observed(
         except BaseException:
             print(server.log_tail())
             raise
-        yield Observed(server, answers, before, after, server.started_at_s, time.time())
+        keyed, window_end_s = answers[-1], time.time()
+        yield Observed(server, answers, keyed, before, after, server.started_at_s, window_end_s)
 
 
 @requires_prometheus
@@ -364,9 +398,17 @@ def test_counters_move_by_what_the_response_headers_say(observed: Observed) -> N
         counterfactual, rel=1e-9, abs=tolerance
     )
     # Spend by component adds up to the total.
-    components = [key for key in after if key.startswith("cost_usd{")]
+    components = [key for key in after if key.startswith("cost_usd{component=")]
     assert sum(delta(before, after, key) for key in components) == pytest.approx(
         spent, rel=1e-9, abs=tolerance
+    )
+    # So does spend by tenant: the keyed request is its tenant's, the rest is `other`'s.
+    keyed_usd = observed.keyed.usd
+    assert delta(before, after, _key("cost_usd", "tenant", KEYED_TENANT)) == pytest.approx(
+        keyed_usd, rel=1e-9, abs=USD_ABS_TOLERANCE_PER_REQUEST
+    )
+    assert delta(before, after, _key("cost_usd", "tenant", "other")) == pytest.approx(
+        spent - keyed_usd, rel=1e-9, abs=tolerance
     )
 
     def net(lever: str) -> float:
@@ -432,6 +474,7 @@ def test_panels_show_what_the_workload_did(observed: Observed) -> None:
         "lever": {"cache", "pinned", "fallback", "routing"},
         "reason": set(observed.headers("x-cascade-escalation-reason")),
         "status": {"404"},
+        "tenant": {KEYED_TENANT, "other"},
     }
     for target in dashboard_targets():
         labels = re.findall(r"\{\{\s*(\w+)\s*\}\}", target.legend_format)
@@ -480,9 +523,13 @@ def test_report_reads_the_same_summary_from_prometheus_as_from_the_scrape(
     urls = discovered_metrics_urls(observed.prometheus.discovery_file)
     assert urls
     deadline_s = time.monotonic() + 4 * SCRAPE_INTERVAL_S + RAY_EXPORT_INTERVAL_S
+    prometheus = PrometheusCounters(observed.prometheus.url)
     while True:
-        direct = _flat(summarize(scrape(urls)))
-        via_prometheus = _flat(summarize(PrometheusCounters(observed.prometheus.url)))
+        scraped = scrape(urls)
+        direct = _flat(summarize(scraped)) | _flat({KEYED_TENANT: summarize(scraped, KEYED_TENANT)})
+        via_prometheus = _flat(summarize(prometheus)) | _flat(
+            {KEYED_TENANT: summarize(prometheus, KEYED_TENANT)}
+        )
         # Prometheus lags the endpoints by up to a scrape interval: equal once both are current.
         if _same(via_prometheus, direct):
             break
@@ -494,6 +541,8 @@ def test_report_reads_the_same_summary_from_prometheus_as_from_the_scrape(
         time.sleep(SCRAPE_INTERVAL_S / 2)
     assert via_prometheus["requests"] >= observed.after["requests"]
     assert via_prometheus["cache_hits"] >= 2  # one per round
+    assert via_prometheus[f"{KEYED_TENANT}.requests"] >= 2  # one per round
+    assert 0 < via_prometheus[f"{KEYED_TENANT}.spent_usd"] < via_prometheus["spent_usd"]
 
 
 @requires_prometheus
@@ -509,6 +558,17 @@ def test_report_cli_prints_the_summary_and_draws_the_panels(
     summary = json.loads(printed.stdout)
     assert summary["requests"] >= observed.after["requests"]
     assert summary["spent_usd"] > 0 and summary["counterfactual_usd"] > 0
+    one_tenant = subprocess.run(
+        [*command, "--tenant", KEYED_TENANT, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert one_tenant.returncode == 0, one_tenant.stderr
+    keyed = json.loads(one_tenant.stdout)
+    assert keyed["tenant"] == KEYED_TENANT and keyed["requests"] >= 2
+    assert 0 < keyed["spent_usd"] < summary["spent_usd"]
 
     png = tmp_path / "cascade.png"
     since = f"{math.ceil(time.time() - observed.window_start_s) + 60}s"

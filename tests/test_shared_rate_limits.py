@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from serve_app.gateway.pipeline import RequestPipeline
 from serve_app.gateway.shared_limits import RedisRateLimiter, rate_limits_from_config
 from serve_app.protocol.caller import Caller
 from serve_app.protocol.errors import RateLimitError
-from tests.helpers import ScriptedTier, chat_body
+from tests.helpers import ScriptedTier, chat_body, keyed_caller
 from tests.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,23 +42,12 @@ HANG_GUARD_S = 30.0
 TIER_COST = {"gpu_usd_per_hour": 1.0, "decode_tokens_per_s": 100, "prefill_tokens_per_s": 1000}
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def store(redis_server: RedisServer) -> RedisRateLimitStore:
     """Redis as a fresh deployment finds it: no budgets left over from another test."""
     with redis_server.client() as client:
         client.flushall()
     return RedisRateLimitStore(kind="redis", url=redis_server.url, timeout_s=0.5)
-
-
-def _caller(tenant: str, **limits: int) -> Caller:
-    return Caller(tenant, ApiKeyConfig(sha256=key_sha256(tenant), tenant=tenant, **limits))
 
 
 async def _attempt(limiter: RateLimits, caller: Caller) -> RateLimitError | None:
@@ -84,7 +72,7 @@ def _retry_after_s(refusal: RateLimitError | None) -> int:
 def test_two_replicas_admit_a_keys_requests_per_minute_in_total(
     store: RedisRateLimitStore,
 ) -> None:
-    alice = _caller("alice", requests_per_minute=5)
+    alice = keyed_caller("alice", requests_per_minute=5)
 
     async def burst() -> list[RateLimitError | None]:
         replicas = [rate_limits_from_config(store), rate_limits_from_config(store)]
@@ -103,7 +91,7 @@ def test_two_replicas_admit_a_keys_requests_per_minute_in_total(
 def test_a_client_that_waits_retry_after_is_admitted_on_any_replica(
     store: RedisRateLimitStore,
 ) -> None:
-    alice = _caller("alice", requests_per_minute=60)
+    alice = keyed_caller("alice", requests_per_minute=60)
 
     async def scenario() -> tuple[int, RateLimitError | None]:
         first, second = rate_limits_from_config(store), rate_limits_from_config(store)
@@ -123,7 +111,7 @@ def test_a_client_that_waits_retry_after_is_admitted_on_any_replica(
 def test_tokens_used_on_one_replica_refuse_the_next_request_on_another(
     store: RedisRateLimitStore,
 ) -> None:
-    alice = _caller("alice", tokens_per_minute=600)
+    alice = keyed_caller("alice", tokens_per_minute=600)
 
     async def scenario() -> RateLimitError | None:
         first, second = rate_limits_from_config(store), rate_limits_from_config(store)
@@ -140,7 +128,8 @@ def test_tokens_used_on_one_replica_refuse_the_next_request_on_another(
 
 
 def test_tenants_do_not_share_budgets(store: RedisRateLimitStore) -> None:
-    alice, bob = _caller("alice", requests_per_minute=2), _caller("bob", requests_per_minute=2)
+    alice = keyed_caller("alice", requests_per_minute=2)
+    bob = keyed_caller("bob", requests_per_minute=2)
     unlimited = Caller("carol", ApiKeyConfig(sha256=key_sha256("carol"), tenant="carol"))
 
     async def scenario() -> dict[str, list[bool]]:
@@ -162,7 +151,7 @@ def test_tenants_do_not_share_budgets(store: RedisRateLimitStore) -> None:
 def test_idle_tenants_leave_nothing_in_redis(
     store: RedisRateLimitStore, redis_server: RedisServer
 ) -> None:
-    alice = _caller("alice", requests_per_minute=600, tokens_per_minute=6000)
+    alice = keyed_caller("alice", requests_per_minute=600, tokens_per_minute=6000)
 
     async def use_once() -> None:
         limiter = rate_limits_from_config(store)
@@ -186,7 +175,7 @@ def test_idle_tenants_leave_nothing_in_redis(
 def test_replicas_fail_open_when_redis_is_down(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     store = RedisRateLimitStore(kind="redis", url=server.url, timeout_s=0.5)
-    alice = _caller("alice", requests_per_minute=1)
+    alice = keyed_caller("alice", requests_per_minute=1)
     fail_opens: list[int] = []
 
     async def scenario() -> tuple[RateLimitError | None, list[RateLimitError | None]]:
@@ -213,7 +202,7 @@ def test_replicas_fail_open_when_redis_is_down(tmp_path: Path) -> None:
 def test_a_hung_redis_does_not_hold_requests_and_limits_return_with_it(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     store = RedisRateLimitStore(kind="redis", url=server.url, timeout_s=0.2)
-    alice = _caller("alice", requests_per_minute=1)
+    alice = keyed_caller("alice", requests_per_minute=1)
 
     async def scenario() -> tuple[RateLimitError | None, RateLimitError | None]:
         limiter = rate_limits_from_config(store)
@@ -251,7 +240,7 @@ def test_a_keys_limits_hold_across_two_ingress_pipelines(store: RedisRateLimitSt
 
     async def scenario() -> tuple[Any, RateLimitError | None, Any, RateLimitError | None]:
         answered = await first.handle(_request(body, "alice-secret"), "chat")
-        await asyncio.gather(*first.token_charges)  # the debit, after the response
+        await asyncio.gather(*first.charges)  # the debit, after the response
         alice_refused = await _refusal(second.handle(_request(body, "alice-secret"), "chat"))
         bob_answered = await second.handle(_request(body, "bob-secret"), "chat")
         bob_refused = await _refusal(first.handle(_request(body, "bob-secret"), "chat"))

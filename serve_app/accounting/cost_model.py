@@ -194,7 +194,7 @@ def split_by_lever(cost: RequestCost, *, pinned: bool, degraded: bool) -> LeverS
 
 @dataclass
 class CostLedger:
-    """Running cost totals of one ingress replica: what `GET /v1/cascade/summary` returns.
+    """Running cost totals of one ingress replica: what `GET /admin/cost/summary` returns.
 
     Each replica keeps its own; the Prometheus counters carry the same figures summed over
     replicas (`python -m serve_app.ops.report`).
@@ -240,6 +240,26 @@ class CostLedger:
             "served_prompt_tokens": self.served_prompt_tokens,
             "served_completion_tokens": self.served_completion_tokens,
         }
+
+
+@dataclass
+class TenantLedgers:
+    """One replica's cost totals overall and per tenant label (`Caller.tenant_label`: the
+    configured tenants and `other`, so as many ledgers as the metrics have series)."""
+
+    total: CostLedger = field(default_factory=CostLedger)
+    by_tenant: dict[str, CostLedger] = field(default_factory=dict)
+
+    def add(self, tenant: str, cost: RequestCost, split: LeverSplit, *, escalated: bool) -> None:
+        self.total.add(cost, split, escalated=escalated)
+        ledger = self.by_tenant.setdefault(tenant, CostLedger())
+        ledger.add(cost, split, escalated=escalated)
+
+    def summary(self, tenant: str | None = None) -> dict[str, object]:
+        """Every tenant's totals, or one tenant's (zeros if it has sent nothing yet)."""
+        if tenant is None:
+            return self.total.summary()
+        return self.by_tenant.get(tenant, CostLedger()).summary()
 
 
 def cost_summary(

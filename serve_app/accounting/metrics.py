@@ -2,7 +2,10 @@
 
 They go through `ray.serve.metrics`, so Ray's metrics agent exports them on each node's
 metrics port next to Ray Serve's own and vLLM's engine metrics (`ray_vllm_*`): one scrape
-target per node. Labels stay low-cardinality: tier, cache result, outcome, reason.
+target per node. Labels stay low-cardinality: tier, cache result, outcome, reason. The counters
+of the cost summary (requests, tokens served, dollars, savings, escalations) also carry `tenant`:
+a configured API key's tenant, or `other` for every other caller (Caller.tenant_label), so
+there is one series per configured tenant, never one per client.
 """
 
 from __future__ import annotations
@@ -99,8 +102,9 @@ class IngressMetrics:
         return cls(
             requests=Counter(
                 "cascade_requests",
-                description="Answered requests by tier, cache result, escalation and route.",
-                tag_keys=("tier", "cache", "escalated", "route"),
+                description="Answered requests by tier, cache result, escalation, route and "
+                "tenant.",
+                tag_keys=("tier", "cache", "escalated", "route", "tenant"),
             ),
             tokens=Counter(
                 "cascade_tokens",
@@ -109,35 +113,38 @@ class IngressMetrics:
             ),
             cost_usd=Counter(
                 "cascade_cost_usd",
-                description="Dollars spent, by where: small, large, cache, router.",
-                tag_keys=("component",),
+                description="Dollars spent, by where (small, large, cache, router) and tenant.",
+                tag_keys=("component", "tenant"),
             ),
             counterfactual_usd=Counter(
                 "cascade_counterfactual_usd",
-                description="Dollars the same answers would cost on the large tier, no cache.",
+                description="Dollars the same answers would cost on the large tier, no cache, "
+                "by tenant.",
+                tag_keys=("tenant",),
             ),
             served_tokens=Counter(
                 "cascade_served_tokens",
                 description="Tokens of the answers clients received, cache hits included "
-                "(prompt or completion): the denominator of the blended $/M.",
-                tag_keys=("kind",),
+                "(prompt or completion), by tenant: the denominator of the blended $/M.",
+                tag_keys=("kind", "tenant"),
             ),
             lever_saved_usd=Counter(
                 "cascade_lever_saved_usd",
                 description="Dollars avoided against the all-large, no-cache counterfactual, "
-                "by lever: cache, routing, fallback, pinned.",
-                tag_keys=("lever",),
+                "by lever (cache, routing, fallback, pinned) and tenant.",
+                tag_keys=("lever", "tenant"),
             ),
             lever_cost_usd=Counter(
                 "cascade_lever_cost_usd",
                 description="Dollars a lever itself cost (cache lookups, router passes, the "
-                "discarded small-tier answer of an escalation); net = saved - cost.",
-                tag_keys=("lever",),
+                "discarded small-tier answer of an escalation), by lever and tenant; net = "
+                "saved - cost.",
+                tag_keys=("lever", "tenant"),
             ),
             escalations=Counter(
                 "cascade_escalations",
-                description="Small-tier answers replaced by the large tier, by reason.",
-                tag_keys=("reason",),
+                description="Small-tier answers replaced by the large tier, by reason and tenant.",
+                tag_keys=("reason", "tenant"),
             ),
             hedges=Counter(
                 "cascade_hedges",
@@ -164,8 +171,9 @@ class IngressMetrics:
             ),
             rate_limit_fail_opens=Counter(
                 "cascade_rate_limit_fail_opens",
-                description="Requests admitted without a rate-limit check because the shared "
-                "limit store (Redis) failed or overran its timeout.",
+                description="Requests admitted without a check because the shared limit "
+                "store (Redis) failed or overran its timeout, by check: rate_limit, budget.",
+                tag_keys=("check",),
             ),
             cache_fail_opens=_cache_fail_opens(),
             latency_s=Histogram(
@@ -197,29 +205,36 @@ class IngressMetrics:
     def record(self, trace: RequestTrace, latency_s: float) -> LeverSplit:
         """Count one answered request: its route, tokens, dollars, savings and latency."""
         tier = trace.tier or "none"
+        tenant = trace.tenant_label
         route = "pinned" if trace.pinned else "routed"
         escalated = "true" if trace.escalated else "false"
         self.requests.inc(
-            tags={"tier": tier, "cache": trace.cache, "escalated": escalated, "route": route}
+            tags={
+                "tier": tier,
+                "cache": trace.cache,
+                "escalated": escalated,
+                "route": route,
+                "tenant": tenant,
+            }
         )
         self.latency_s.observe(latency_s, tags={"tier": tier, "cache": trace.cache})
         cost = trace.cost
         for usage in cost.tiers:
             _inc(self.tokens, usage.prompt_tokens, {"tier": usage.tier, "kind": "prompt"})
             _inc(self.tokens, usage.completion_tokens, {"tier": usage.tier, "kind": "completion"})
-            _inc(self.cost_usd, usage.cost_usd, {"component": usage.tier})
-        _inc(self.cost_usd, cost.cache_lookup_usd, {"component": "cache"})
-        _inc(self.cost_usd, cost.router_usd, {"component": "router"})
-        _inc(self.counterfactual_usd, cost.counterfactual_usd, None)
-        _inc(self.served_tokens, cost.prompt_tokens, {"kind": "prompt"})
-        _inc(self.served_tokens, cost.completion_tokens, {"kind": "completion"})
+            _inc(self.cost_usd, usage.cost_usd, {"component": usage.tier, "tenant": tenant})
+        _inc(self.cost_usd, cost.cache_lookup_usd, {"component": "cache", "tenant": tenant})
+        _inc(self.cost_usd, cost.router_usd, {"component": "router", "tenant": tenant})
+        _inc(self.counterfactual_usd, cost.counterfactual_usd, {"tenant": tenant})
+        _inc(self.served_tokens, cost.prompt_tokens, {"kind": "prompt", "tenant": tenant})
+        _inc(self.served_tokens, cost.completion_tokens, {"kind": "completion", "tenant": tenant})
         split = split_by_lever(cost, pinned=trace.pinned, degraded=trace.degraded)
         for lever, usd in split.saved_usd.items():
-            _inc(self.lever_saved_usd, usd, {"lever": lever})
+            _inc(self.lever_saved_usd, usd, {"lever": lever, "tenant": tenant})
         for lever, usd in split.cost_usd.items():
-            _inc(self.lever_cost_usd, usd, {"lever": lever})
+            _inc(self.lever_cost_usd, usd, {"lever": lever, "tenant": tenant})
         if trace.escalation_reason:
-            self.escalations.inc(tags={"reason": trace.escalation_reason})
+            self.escalations.inc(tags={"reason": trace.escalation_reason, "tenant": tenant})
         if trace.hedged:
             self.hedges.inc(tags={"winner": tier})
         return split

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serve_app.accounting.cost_model import RequestCost
-from serve_app.config import TierName
+from serve_app.config import OTHER_TENANT, TierName
 from serve_app.protocol.caller import Caller
 
 
@@ -26,6 +26,11 @@ class RequestTrace:
     deadline_s: float | None = None  # time.monotonic() by which the answer must be complete
     tier_wait_s: float = 0.0  # spent awaiting tier calls (to the first chunk, for streams)
     gateway_s: float | None = None  # the ingress's own time until the response started
+
+    @property
+    def tenant_label(self) -> str:
+        """The caller's tenant as the cost metrics label it (Caller.tenant_label)."""
+        return self.caller.tenant_label if self.caller is not None else OTHER_TENANT
 
     def note_gateway_time(self, since_s: float, now_s: float) -> None:
         """What the ingress added since `since_s` (perf_counter), tier calls excluded.

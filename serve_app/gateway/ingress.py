@@ -37,6 +37,7 @@ from serve_app.protocol.openai_api import (
     parse_json_object,
     request_json_schema,
 )
+from serve_app.tiers.availability import TierAvailability
 from serve_app.tiers.client import TierClient
 
 fastapi_app = FastAPI(title="LLM cascade", description="OpenAI-compatible cost-optimising cascade")
@@ -107,8 +108,20 @@ class CascadeIngress:
             "large": TierClient(large, self.config.tiers["large"].model_id),
         }
         self.pipeline = RequestPipeline(
-            self.config, tiers=tiers, router=router, cache=cache_client, metrics=metrics
+            self.config,
+            tiers=tiers,
+            router=router,
+            cache=cache_client,
+            metrics=metrics,
+            tier_availability=self._tier_availability(shared_app),
         )
+
+    def _tier_availability(self, shared_app: str | None) -> TierAvailability | None:
+        watch_s = self.config.ingress.tier_watch_s
+        if watch_s is None:
+            return None
+        app_name = shared_app or serve.get_replica_context().app_name
+        return TierAvailability(app_name, self.config.tiers, watch_s)
 
     # ---- endpoints ---------------------------------------------------------------------
 
@@ -136,20 +149,23 @@ class CascadeIngress:
         return {"status": "ok"}
 
     @fastapi_app.get("/admin/cost/summary")
-    async def cost_summary(self, request: Request) -> dict[str, Any]:
-        """This replica's spend, savings by lever and blended $/M since it started.
+    async def cost_summary(self, request: Request, tenant: str | None = None) -> dict[str, Any]:
+        """This replica's spend, savings by lever and blended $/M since it started, of every
+        tenant or of one (`?tenant=`: a configured tenant, or `other` for everyone else).
 
         Each ingress replica answers for itself; `python -m serve_app.ops.report` sums the
-        Prometheus counters over every replica. Admin only: it totals every tenant.
+        Prometheus counters over every replica. Admin only: it covers every tenant.
         """
         self._authorize_admin(request)
+        summary = self.pipeline.cost_summary(tenant)
         context = serve.get_replica_context()
         return {
             "scope": "replica",
             "replica": context.replica_id.unique_id,
             "replicas": context.world_size,
+            "tenant": tenant,
             "since_unix_s": self.pipeline.ledger_since_s,
-            **self.pipeline.ledger.summary(),
+            **summary,
         }
 
     @fastapi_app.post(

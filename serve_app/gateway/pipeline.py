@@ -8,23 +8,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.accounting.cost_model import CostLedger, RequestCost, TierPrice, cpu_usd
+from serve_app.accounting.cost_model import RequestCost, TenantLedgers, TierPrice, cpu_usd
 from serve_app.accounting.metrics import IngressMetrics
 from serve_app.accounting.request_trace import RequestTrace
 from serve_app.cache.client import CacheClient, CacheTicket
-from serve_app.config import TIER_NAMES, CascadeConfig, QualityConfig, TierName
+from serve_app.config import (
+    OTHER_TENANT,
+    TIER_NAMES,
+    CascadeConfig,
+    QualityConfig,
+    RedisRateLimitStore,
+    TierName,
+)
 from serve_app.gateway.admission import AdmissionGate
-from serve_app.gateway.auth import Authenticator
+from serve_app.gateway.auth import Authenticator, RateLimits
+from serve_app.gateway.budgets import SpendBudgets
 from serve_app.gateway.context_fit import ContextLimits
 from serve_app.gateway.request_limits import check_request_limits, read_body, request_timeout_s
+from serve_app.gateway.shared_budgets import spend_budgets_from_config
 from serve_app.gateway.shared_limits import rate_limits_from_config
+from serve_app.gateway.shared_store import SharedStore
 from serve_app.protocol.caller import Caller
 from serve_app.protocol.errors import (
     DEPLOYMENT_CALL_FAILURES,
@@ -57,6 +67,7 @@ from serve_app.routing.operating_point import ClientAsk, InvalidClientTarget, cl
 from serve_app.routing.router import Router
 from serve_app.routing.scorers import RouteDecision
 from serve_app.routing.text import routing_text
+from serve_app.tiers.availability import TierAvailability
 from serve_app.tiers.client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")
@@ -78,9 +89,23 @@ def _discard_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _log_failed_token_charge(task: asyncio.Future[None]) -> None:
+def _log_failed_charge(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and (error := task.exception()) is not None:
-        logger.error("Debiting tokens from a rate limit failed", exc_info=error)
+        logger.error("Debiting a request from its key's limits or budgets failed", exc_info=error)
+
+
+def _key_limits(config: CascadeConfig, metrics: IngressMetrics) -> tuple[RateLimits, SpendBudgets]:
+    """The keys' rate limits and dollar budgets, in the store `auth.rate_limit_store` names;
+    with Redis both go through one client, so an outage pauses both at once."""
+    store = config.auth.rate_limit_store
+    shared = SharedStore.from_config(store) if isinstance(store, RedisRateLimitStore) else None
+
+    def counter(check: str) -> Callable[[], None]:
+        return lambda: metrics.rate_limit_fail_opens.inc(tags={"check": check})
+
+    rate_limits = rate_limits_from_config(store, on_fail_open=counter("rate_limit"), shared=shared)
+    budgets = spend_budgets_from_config(store, on_fail_open=counter("budget"), shared=shared)
+    return rate_limits, budgets
 
 
 async def _until_deadline(
@@ -157,6 +182,7 @@ class RequestPipeline:
         router: DeploymentHandle,
         cache: CacheClient | None,
         metrics: IngressMetrics,
+        tier_availability: TierAvailability | None = None,
     ):
         self.config = config
         self.router = router
@@ -165,18 +191,18 @@ class RequestPipeline:
         self.context_limits = _context_limits(config)
         self.fallback_router = Router({"threshold": config.router.threshold})
         self.auth = Authenticator(config.auth)
-        self.rate_limiter = rate_limits_from_config(
-            config.auth.rate_limit_store, on_fail_open=metrics.rate_limit_fail_opens.inc
-        )
-        self.token_charges: set[asyncio.Task[None]] = set()  # held until done
+        self.rate_limiter, self.budgets = _key_limits(config, metrics)
+        # Debits of finished requests from their key's limits and budgets, held until done.
+        self.charges: set[asyncio.Future[None]] = set()
         self.prices = {name: TierPrice.from_config(config.tiers[name].cost) for name in TIER_NAMES}
         self.fallback = TierFallback(
             tiers,
             self.prices,
             config.quality,
             context_lengths={tier: self.context_limits[tier] for tier in TIER_NAMES},
+            availability=tier_availability,
         )
-        self.ledger = CostLedger()
+        self.ledgers = TenantLedgers()
         self.ledger_since_s = time.time()
         self.admission = AdmissionGate(
             config.ingress.max_in_flight,
@@ -214,8 +240,7 @@ class RequestPipeline:
         started_s = self.admission.enter()
         try:
             raw = await read_body(request, self.config.limits)
-            caller = self.auth.authenticate(request.headers)
-            await self.rate_limiter.admit(caller)
+            await self._admit(self.auth.authenticate(request.headers))
             body = parse_json_object(raw, max_depth=self.config.limits.max_json_depth)
             kind: RequestKind = "chat" if "messages" in body else "completion"
             body = validate_request(body, kind)
@@ -236,7 +261,7 @@ class RequestPipeline:
         started_s = time.perf_counter()
         raw = await read_body(request, self.config.limits)
         caller = self.auth.authenticate(request.headers)
-        await self.rate_limiter.admit(caller)
+        await self._admit(caller)
         body = parse_request_body(raw, kind, max_depth=self.config.limits.max_json_depth)
         timeout_s = request_timeout_s(request.headers, self.config.ingress.request_timeout_s)
         pinned_tier = self._pinned_tier(body["model"])
@@ -273,27 +298,50 @@ class RequestPipeline:
         self._record(trace, started_s)
         return response
 
+    async def _admit(self, caller: Caller) -> None:
+        """Refuse a caller past its dollar budget or its rate limit (429). The budget first:
+        its refusal lasts until the period ends, and takes nothing from the rate limit."""
+        await self.budgets.check(caller)
+        await self.rate_limiter.admit(caller)
+
+    def cost_summary(self, tenant: str | None = None) -> dict[str, object]:
+        """This replica's cost totals, of every tenant or of one tenant label (a configured
+        tenant, or `other` for every other caller)."""
+        if tenant is not None:
+            known = sorted({key.tenant for key in self.auth.keys} | {OTHER_TENANT})
+            if tenant not in known:
+                raise InvalidRequestError(
+                    f"Unknown tenant {tenant!r}; known: {', '.join(known)}.", param="tenant"
+                )
+        return self.ledgers.summary(tenant)
+
     def _record(self, trace: RequestTrace, started_s: float, *, streamed: bool = False) -> None:
         """Count a finished request; a replayed stream's first token comes at the very end."""
         latency_s = time.perf_counter() - started_s
         split = self.metrics.record(trace, latency_s)
-        self.ledger.add(trace.cost, split, escalated=trace.escalated)
+        self.ledgers.add(trace.tenant_label, trace.cost, split, escalated=trace.escalated)
         if trace.caller is not None:
             tokens = sum(u.prompt_tokens + u.completion_tokens for u in trace.cost.tiers)
-            self._charge_tokens_later(trace.caller, tokens)
+            self._charge_later(trace.caller, tokens, trace.cost.total_usd)
         if streamed:
             self.metrics.observe_ttft(trace, latency_s)
 
-    def _charge_tokens_later(self, caller: Caller, tokens: int) -> None:
-        """Debit the key's token budget in the background: the answer is ready, and it need
-        not wait on a shared rate-limit store."""
+    def _charge_later(self, caller: Caller, tokens: int, usd: float) -> None:
+        """Debit the tokens from the key's rate limit and the dollars from its budgets in the
+        background: the answer is ready, and it need not wait on a shared store."""
         key = caller.key
-        if not tokens or key is None or key.tokens_per_minute is None:
+        if key is None:
             return
-        charge = asyncio.ensure_future(self.rate_limiter.charge_tokens(caller, tokens))
-        self.token_charges.add(charge)
-        charge.add_done_callback(self.token_charges.discard)
-        charge.add_done_callback(_log_failed_token_charge)
+        if tokens and key.tokens_per_minute is not None:
+            self._in_background(self.rate_limiter.charge_tokens(caller, tokens))
+        if usd > 0 and (key.usd_per_day is not None or key.usd_per_month is not None):
+            self._in_background(self.budgets.charge(caller, usd))
+
+    def _in_background(self, charge: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(charge)
+        self.charges.add(task)
+        task.add_done_callback(self.charges.discard)
+        task.add_done_callback(_log_failed_charge)
 
     def _pinned_tier(self, model: str) -> TierName | None:
         """The tier a model name pins; None for the cascade's name and its aliases (routed,

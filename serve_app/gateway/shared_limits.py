@@ -4,36 +4,18 @@ Same token buckets as the in-memory `RateLimiter` (gateway/auth.py), kept in Red
 updated by one Lua script, so a check and its debit are atomic across replicas and nodes. The
 script reads the Redis server's clock (`TIME`), so replicas whose clocks disagree still refill
 a budget at the same rate. A bucket expires when it would be full again: an idle tenant leaves
-nothing behind, and a missing bucket is a full one.
-
-Fail open: when Redis is slow or unreachable the request is admitted without the shared limits
-(logged once per outage, counted through `on_fail_open`), and the store is left alone for
-`_PAUSE_AFTER_FAILURE_S`, so an outage never holds requests for more than one `timeout_s`
-a second per replica. Refusing every request because the limiter's store is down would turn a
-Redis outage into a full outage of the cascade.
+nothing behind, and a missing bucket is a full one. A Redis that fails or hangs admits requests
+without the limits (fail open, gateway/shared_store.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import time
 from collections.abc import Callable
-
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from serve_app.config import LocalRateLimitStore, RedisRateLimitStore
 from serve_app.gateway.auth import RateLimiter, RateLimits, caller_limits, rate_limit_refusal
+from serve_app.gateway.shared_store import SharedStore
 from serve_app.protocol.caller import Caller
-
-logger = logging.getLogger("ray.serve")
-
-# After a failed call the store is not asked again for this long: requests are admitted at once.
-_PAUSE_AFTER_FAILURE_S = 1.0
 
 # KEYS[i]: a bucket, a hash {level, updated_s}; a missing one is full.
 # ARGV[1]: "1" to refuse (taking nothing) when a bucket holds less than one unit;
@@ -72,59 +54,22 @@ return {}
 """
 
 
-def redis_url(store: RedisRateLimitStore) -> str:
-    if store.url is not None:
-        return store.url
-    url = os.environ.get(store.url_env or "", "")
-    if not url:
-        raise ValueError(
-            f"auth.rate_limit_store.url_env names {store.url_env}, which is not set in the "
-            "ingress replica's environment"
-        )
-    return url
-
-
 class RedisRateLimiter:
     """`RateLimits` in Redis, shared by every replica that points at the same server and prefix."""
 
-    def __init__(
-        self,
-        client: Redis,
-        *,
-        key_prefix: str,
-        timeout_s: float,
-        on_fail_open: Callable[[], None] | None = None,
-    ):
-        self.client = client
-        self.key_prefix = key_prefix
-        self.timeout_s = timeout_s
+    def __init__(self, store: SharedStore, *, on_fail_open: Callable[[], None] | None = None):
+        self.store = store
         self.on_fail_open = on_fail_open
-        self._take = client.register_script(_TAKE_SCRIPT)
-        self._paused_until_s = 0.0  # time.monotonic()
-        self._failing = False
+        self._take = store.register_script(_TAKE_SCRIPT)
 
     @classmethod
     def from_config(
         cls, store: RedisRateLimitStore, *, on_fail_open: Callable[[], None] | None = None
     ) -> RedisRateLimiter:
-        # One attempt per call, each socket operation bounded: the call's own timeout decides.
-        client = Redis.from_url(
-            redis_url(store),
-            socket_timeout=store.timeout_s,
-            socket_connect_timeout=store.timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(
-            client,
-            key_prefix=store.key_prefix,
-            timeout_s=store.timeout_s,
-            on_fail_open=on_fail_open,
-        )
+        return cls(SharedStore.from_config(store), on_fail_open=on_fail_open)
 
     def bucket_key(self, tenant: str, kind: str) -> str:
-        # The {tenant} hash tag keeps a tenant's buckets in one Redis Cluster slot, as one
-        # script may only touch keys of one slot.
-        return f"{self.key_prefix}:{{{tenant}}}:{kind}"
+        return self.store.key(tenant, kind)
 
     async def admit(self, caller: Caller) -> None:
         limits = caller_limits(caller)
@@ -153,39 +98,20 @@ class RedisRateLimiter:
 
     async def _run(self, keys: list[str], args: list[str | int], *, action: str) -> list | None:
         """The script's reply, or None when the store did not answer in time (fail open)."""
-        if time.monotonic() < self._paused_until_s:
-            return None
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                reply = await self._take(keys=keys, args=args)
-        except (RedisError, TimeoutError) as e:
-            self._paused_until_s = time.monotonic() + _PAUSE_AFTER_FAILURE_S
-            if not self._failing:
-                logger.warning(
-                    "Rate-limit store failed during %s (%s: %s): requests are admitted without "
-                    "shared limits until it answers again",
-                    action,
-                    type(e).__name__,
-                    e or f"no answer within {self.timeout_s:g} s",
-                )
-            self._failing = True
-            return None
-        if self._failing:
-            logger.warning("Rate-limit store answers again: shared limits apply")
-            self._failing = False
-        return reply
+        return await self.store.run(lambda: self._take(keys=keys, args=args), action=action)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.store.aclose()
 
 
 def rate_limits_from_config(
     store: LocalRateLimitStore | RedisRateLimitStore,
     *,
     on_fail_open: Callable[[], None] | None = None,
+    shared: SharedStore | None = None,
 ) -> RateLimits:
     """The limiter `auth.rate_limit_store` names; `on_fail_open` counts requests a shared store
-    could not check."""
+    could not check. `shared`: the replica's client of that Redis, if it has one already."""
     if isinstance(store, RedisRateLimitStore):
-        return RedisRateLimiter.from_config(store, on_fail_open=on_fail_open)
+        return RedisRateLimiter(shared or SharedStore.from_config(store), on_fail_open=on_fail_open)
     return RateLimiter()

@@ -7,6 +7,10 @@ Reads the cascade's Prometheus counters, summed over every ingress replica and n
     python -m serve_app.ops.report --prometheus http://prometheus:9090
     python -m serve_app.ops.report --prometheus http://prometheus:9090 --plot cascade.png
     python -m serve_app.ops.report --summary-url http://127.0.0.1:8000   # one ingress replica
+    python -m serve_app.ops.report --prometheus http://prometheus:9090 --tenant acme
+
+`--tenant` reports one tenant's share: a configured API key's tenant, or `other` for every
+caller without one (the counters' `tenant` label, serve_app/accounting/metrics.py).
 
 Without a URL it reads the scrape targets Ray writes for Prometheus
 (`/tmp/ray/prom_metrics_service_discovery.json`). Ray's workers push metrics to the node's
@@ -116,8 +120,11 @@ PLOT_PANELS = (
 
 
 class CounterSource(Protocol):
-    def sum_by(self, metric: str, label: str | None = None) -> dict[str, float]:
-        """Counter `metric` (without prefix and `_total`) summed per value of `label`."""
+    def sum_by(
+        self, metric: str, label: str | None = None, *, tenant: str | None = None
+    ) -> dict[str, float]:
+        """Counter `metric` (without prefix and `_total`) summed per value of `label`, over
+        every tenant or only `tenant`'s series."""
         ...
 
 
@@ -132,11 +139,13 @@ class ScrapedCounters:
                     if sample.name.startswith(METRIC_PREFIX):
                         self.samples.append((sample.name, sample.labels, sample.value))
 
-    def sum_by(self, metric: str, label: str | None = None) -> dict[str, float]:
+    def sum_by(
+        self, metric: str, label: str | None = None, *, tenant: str | None = None
+    ) -> dict[str, float]:
         name = f"{METRIC_PREFIX}{metric}_total"
         totals: dict[str, float] = defaultdict(float)
         for sample_name, labels, value in self.samples:
-            if sample_name == name:
+            if sample_name == name and tenant in (None, labels.get("tenant")):
                 totals[labels.get(label, "") if label else ""] += value
         return dict(totals)
 
@@ -185,9 +194,13 @@ class PrometheusCounters:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
 
-    def sum_by(self, metric: str, label: str | None = None) -> dict[str, float]:
+    def sum_by(
+        self, metric: str, label: str | None = None, *, tenant: str | None = None
+    ) -> dict[str, float]:
         by = f" by ({label})" if label else ""
-        rows = prometheus_query(self.url, f"sum{by}({METRIC_PREFIX}{metric}_total)")
+        # json.dumps quotes and escapes the name as a PromQL string literal.
+        selector = f"{{tenant={json.dumps(tenant)}}}" if tenant is not None else ""
+        rows = prometheus_query(self.url, f"sum{by}({METRIC_PREFIX}{metric}_total{selector})")
         return {
             row["metric"].get(label, "") if label else "": float(row["value"][1]) for row in rows
         }
@@ -215,30 +228,37 @@ def scrape(urls: Sequence[str]) -> ScrapedCounters:
     return ScrapedCounters(texts)
 
 
-def summarize(counters: CounterSource) -> dict[str, Any]:
-    """The cost summary (same shape as `/admin/cost/summary`) from summed counters."""
-    requests_by_cache = counters.sum_by("requests", "cache")
-    served_tokens = counters.sum_by("served_tokens", "kind")
+def summarize(counters: CounterSource, tenant: str | None = None) -> dict[str, Any]:
+    """The cost summary (same shape as `/admin/cost/summary`) from summed counters, of every
+    tenant or of one."""
+
+    def sum_by(metric: str, label: str | None = None) -> dict[str, float]:
+        return counters.sum_by(metric, label, tenant=tenant)
+
+    requests_by_cache = sum_by("requests", "cache")
+    served_tokens = sum_by("served_tokens", "kind")
     summary = cost_summary(
-        spent_usd=counters.sum_by("cost_usd", "component"),
-        counterfactual_usd=sum(counters.sum_by("counterfactual_usd").values()),
+        spent_usd=sum_by("cost_usd", "component"),
+        counterfactual_usd=sum(sum_by("counterfactual_usd").values()),
         served_tokens=sum(served_tokens.values()),
-        lever_saved_usd=counters.sum_by("lever_saved_usd", "lever"),
-        lever_cost_usd=counters.sum_by("lever_cost_usd", "lever"),
+        lever_saved_usd=sum_by("lever_saved_usd", "lever"),
+        lever_cost_usd=sum_by("lever_cost_usd", "lever"),
     )
     return summary | {
         "scope": "all replicas",
+        "tenant": tenant,
         "requests": int(sum(requests_by_cache.values())),
         "cache_hits": int(requests_by_cache.get("hit", 0)),
-        "escalations": int(sum(counters.sum_by("escalations", "reason").values())),
+        "escalations": int(sum(sum_by("escalations", "reason").values())),
         "served_prompt_tokens": int(served_tokens.get("prompt", 0)),
         "served_completion_tokens": int(served_tokens.get("completion", 0)),
     }
 
 
-def fetch_replica_summary(url: str, admin_token: str) -> dict[str, Any]:
+def fetch_replica_summary(url: str, admin_token: str, tenant: str | None = None) -> dict[str, Any]:
     response = httpx.get(
         f"{url.rstrip('/')}/admin/cost/summary",
+        params={"tenant": tenant} if tenant is not None else None,
         headers={"authorization": f"Bearer {admin_token}"},
         timeout=HTTP_TIMEOUT_S,
     )
@@ -247,8 +267,9 @@ def fetch_replica_summary(url: str, admin_token: str) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    tenant = summary.get("tenant")
     lines = [
-        f"scope: {summary.get('scope')}",
+        f"scope: {summary.get('scope')}" + (f", tenant {tenant}" if tenant else ""),
         f"requests {summary['requests']}  cache hits {summary['cache_hits']}  "
         f"escalations {summary['escalations']}  served tokens "
         f"{summary['served_prompt_tokens']} prompt + {summary['served_completion_tokens']} "
@@ -360,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="CASCADE_ADMIN_TOKEN",
         help="environment variable holding the admin token (for --summary-url)",
     )
+    parser.add_argument(
+        "--tenant",
+        help="summarize only this tenant's requests: a configured API key's tenant, or `other` "
+        "for every caller without one (--plot still draws every tenant)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--plot",
@@ -384,15 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot and not args.prometheus:
         parser.error("--plot reads time series from a Prometheus server: add --prometheus URL")
     if args.summary_url:
-        summary = fetch_replica_summary(args.summary_url, os.environ.get(args.admin_token_env, ""))
+        admin_token = os.environ.get(args.admin_token_env, "")
+        summary = fetch_replica_summary(args.summary_url, admin_token, args.tenant)
     elif args.prometheus:
-        summary = summarize(PrometheusCounters(args.prometheus))
+        summary = summarize(PrometheusCounters(args.prometheus), args.tenant)
     else:
         urls = args.metrics_url or discovered_metrics_urls()
         if not urls:
             print("no metrics endpoint: pass --metrics-url or start Ray", file=sys.stderr)
             return 2
-        summary = summarize(scrape(urls))
+        summary = summarize(scrape(urls), args.tenant)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     if args.plot:
         drawn = plot_panels(args.prometheus, args.plot, args.since)

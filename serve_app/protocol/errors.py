@@ -79,6 +79,19 @@ class RateLimitError(CascadeError):
         self.headers = _retry_after_header(retry_after_s)
 
 
+class BudgetExceededError(CascadeError):
+    """An API key's dollar budget for the day or month is spent. A 429 like a rate limit (so
+    OpenAI SDKs raise their RateLimitError), typed as OpenAI types a spent quota: retrying
+    before Retry-After, the period's end, is pointless."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message, code="budget_exceeded")
+        self.headers = _retry_after_header(retry_after_s)
+
+
 class AdminAuthError(CascadeError):
     status_code = 403
     error_type = "permission_error"

@@ -49,6 +49,7 @@ from serve_app.quality.checks import QualityGate
 from serve_app.quality.circuit_breaker import CircuitBreaker
 from serve_app.quality.early_stop import RunningConfidence
 from serve_app.routing.text import routing_text
+from serve_app.tiers.availability import NoRunningReplicaError, TierAvailability
 from serve_app.tiers.client import TierClient, TierStream
 
 logger = logging.getLogger("ray.serve")
@@ -85,6 +86,8 @@ def _small_error_escalation(error: CascadeError, escalate_on_error: bool) -> str
     """
     if isinstance(error, ContextLengthExceededError):
         return "context_length"
+    if isinstance(error, NoRunningReplicaError):
+        return "small_unavailable"  # like an open circuit: the small tier cannot answer at all
     if escalate_on_error and _is_tier_failure(error):
         return "error"
     return None
@@ -97,9 +100,13 @@ class TierFallback:
         prices: dict[TierName, TierPrice],
         config: QualityConfig,
         context_lengths: Mapping[TierName, int | None] | None = None,
+        availability: TierAvailability | None = None,
     ):
-        """`context_lengths`: each tier's max_model_len, for the gate's truncation check."""
+        """`context_lengths`: each tier's max_model_len, for the gate's truncation check.
+        `availability`: which tiers have a running replica; a call to one without is refused
+        or abandoned at once (Serve would hold it until a replica starts)."""
         self.tiers = tiers
+        self.availability = availability
         self.prices = prices
         self.config = config
         self.gate = QualityGate(config, context_lengths)
@@ -136,6 +143,7 @@ class TierFallback:
         tier = trace.tier
         try:
             with self._admitted(tier, pinned=trace.pinned):
+                self._require_replica(tier)
                 call = self.tiers[tier].open_stream(body, kind)
                 stream = await self._guarded(tier, call, trace)
         except CascadeError as error:
@@ -144,12 +152,17 @@ class TierFallback:
                 raise
             reason = _small_error_escalation(error, self.config.escalate_on_error)
             self._note_fallback(trace, tier, reason or "error")
+            self._require_replica(other)
             stream = await self._guarded(other, self.tiers[other].open_stream(body, kind), trace)
         return stream
 
     async def _ask_small_then_escalate(
         self, body: dict[str, Any], kind: RequestKind, trace: RequestTrace, judged: bool
     ) -> tuple[dict[str, Any], Answer]:
+        try:
+            self._require_replica("small")
+        except NoRunningReplicaError:
+            return await self._escalate(body, kind, trace, _Escalation("small_unavailable"))
         permit = self.breakers["small"].admit()
         if permit is None:
             return await self._escalate(body, kind, trace, _Escalation("small_circuit_open"))
@@ -360,6 +373,7 @@ class TierFallback:
     async def _ask(
         self, tier: TierName, body: dict[str, Any], kind: RequestKind, trace: RequestTrace
     ) -> tuple[dict[str, Any], Answer]:
+        self._require_replica(tier)
         response = await self._guarded(tier, self.tiers[tier].complete(body, kind), trace)
         answer = answer_from_response(response, kind)
         trace.cost.charge_tier(
@@ -367,11 +381,31 @@ class TierFallback:
         )
         return response, answer
 
+    def _require_replica(self, tier: TierName) -> None:
+        if self.availability is not None:
+            self.availability.require(tier)
+
+    async def _unless_tier_lost(self, tier: TierName, call: Any) -> Any:
+        """`call`'s result, or NoRunningReplicaError as soon as the tier has no replica left."""
+        if self.availability is None:
+            return await call
+        work = asyncio.ensure_future(call)
+        lost = asyncio.ensure_future(self.availability.lost(tier))
+        try:
+            done, _ = await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not work.done():
+                work.cancel()  # the tier was lost, or this request was cancelled
+        if work not in done:
+            raise self.availability.refusal(tier)
+        return work.result()
+
     async def _guarded(self, tier: TierName, call: Any, trace: RequestTrace) -> Any:
         """Await a tier call, feeding its outcome to the tier's circuit breaker."""
         started_s = time.perf_counter()
         try:
-            result = await call
+            result = await self._unless_tier_lost(tier, call)
         except CascadeError as error:
             # A full queue is load, not a broken tier: it must not open the circuit.
             if _is_tier_failure(error) and not isinstance(error, OverloadedError):
