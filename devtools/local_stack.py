@@ -44,13 +44,18 @@ def launch(command: list[str], log_path: Path, env: dict[str, str]) -> subproces
     )
 
 
-def start(config_path: str, log_path: Path) -> subprocess.Popen[bytes]:
+def start(
+    config_path: str, log_path: Path, *, ray_address: str = "local", **env_overrides: str
+) -> subprocess.Popen[bytes]:
+    """`serve run config_path`; `ray_address` "local" starts a Ray cluster of its own, an
+    address deploys onto that running cluster (devtools/topology.py)."""
     env = {
         **GATEWAY_TUNING_ENV,
         **os.environ,  # an operator's own setting of any of these wins
-        "RAY_ADDRESS": "local",
+        "RAY_ADDRESS": ray_address,
         "HF_HUB_OFFLINE": "1",
         "RAY_SERVE_LOG_TO_STDERR": "1",
+        **env_overrides,
     }
     # The `serve` CLI of the Python running this launcher (the project's venv).
     serve_cli = str(Path(sys.executable).parent / "serve")

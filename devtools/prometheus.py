@@ -30,7 +30,7 @@ import httpx
 import psutil
 import yaml
 
-from devtools.local_stack import DEFAULT_URL
+from devtools.local_stack import DEFAULT_URL, interrupt
 
 DISCOVERY_FILE_NAME = "prom_metrics_service_discovery.json"
 SCRAPE_INTERVAL_S = 2.0
@@ -198,10 +198,6 @@ class PrometheusServer:
         self.stop()
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m devtools.prometheus",
@@ -240,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"{e}: start it (make run) or pass --discovery-file", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     with tempfile.TemporaryDirectory(prefix="cascade-prometheus-") as scratch:
         server = PrometheusServer(
             args.data_dir or Path(scratch),

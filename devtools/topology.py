@@ -108,6 +108,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _token_auth_env() -> dict[str, str]:
+    """With ~/.ray/auth_token the head requires the token, and Ray reads it by itself only for
+    "auto" addresses; the worker and `serve run` name the head's address. An operator's own
+    RAY_AUTH_MODE wins."""
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        return {"RAY_AUTH_MODE": "token"}
+    return {}
+
+
 def _ray_cli() -> str:
     return str(Path(sys.executable).parent / "ray")
 
@@ -136,12 +145,12 @@ class TwoNodeCluster:
         return f"{socket.gethostbyname(socket.gethostname())}:{self.gcs_port}"
 
     def _env(self) -> dict[str, str]:
-        env = {**local_stack.GATEWAY_TUNING_ENV, **os.environ, "HF_HUB_OFFLINE": "1"}
-        if (Path.home() / ".ray" / "auth_token").exists():
-            # The head then requires the token, and Ray reads it by itself only for "auto"
-            # addresses; the worker and `serve run` name the head's address.
-            env.setdefault("RAY_AUTH_MODE", "token")
-        return env
+        return {
+            **local_stack.GATEWAY_TUNING_ENV,
+            **_token_auth_env(),
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+        }
 
     def _ray_start(self, role: list[str], resources: dict[str, float], log: str) -> Any:
         command = [
@@ -183,10 +192,11 @@ class TwoNodeCluster:
         self.worker = None
 
     def serve_run(self, config_path: Path) -> None:
-        env = {**self._env(), "RAY_ADDRESS": self.address, "RAY_SERVE_LOG_TO_STDERR": "1"}
-        serve_cli = str(Path(sys.executable).parent / "serve")
-        self.serve = local_stack.launch(
-            [serve_cli, "run", str(config_path)], self.log_dir / "serve_run.log", env
+        self.serve = local_stack.start(
+            str(config_path),
+            self.log_dir / "serve_run.log",
+            ray_address=self.address,
+            **_token_auth_env(),
         )
 
     def stop(self) -> None:
