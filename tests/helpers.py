@@ -50,10 +50,12 @@ class ScriptedTier:
         self.completion_tokens = 16
         self.failing = False
         self.calls = 0
+        self.called_at: list[float] = []  # time.monotonic() of each call
         self.cancelled = 0
 
     async def complete(self, body: dict, kind: str) -> dict:
         self.calls += 1
+        self.called_at.append(time.monotonic())
         try:
             await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:

@@ -225,7 +225,7 @@ def test_a_weak_answer_escalates_early_aborting_the_small_generation_and_paying_
     None
 ):
     small, large = StreamingTier([UNSURE] * 200, token_s=0.005), ScriptedTier("cascade-large")
-    trace, response, took_s = _ask(_fallback(small, large))
+    trace, response, _ = _ask(_fallback(small, large))
     assert (trace.tier, trace.escalation_reason) == ("large", "low_confidence_early")
     assert response["model"] == "cascade-large"
     assert small.cancelled == 1 and small.generated < 12  # stopped at ~8 of 200 tokens
@@ -233,16 +233,14 @@ def test_a_weak_answer_escalates_early_aborting_the_small_generation_and_paying_
     assert small_usage.tier == "small"
     assert 8 <= small_usage.completion_tokens < 12
     assert trace.cost.tiers[-1].tier == "large"
-    assert took_s < 0.5  # the whole answer would take 1 s to generate
 
 
 def test_the_same_weak_answer_without_early_escalation_is_generated_whole_first() -> None:
     small, large = StreamingTier([UNSURE] * 200, token_s=0.005), ScriptedTier("cascade-large")
-    trace, _, took_s = _ask(_fallback(small, large, enabled=False))
+    trace, _, _ = _ask(_fallback(small, large, enabled=False))
     assert (trace.tier, trace.escalation_reason) == ("large", "low_confidence")
     assert small.streams == 0 and small.calls == 1
     assert trace.cost.tiers[0].completion_tokens == 200
-    assert took_s >= 1.0
 
 
 def test_a_confident_answer_keeps_the_non_streamed_response_shape() -> None:

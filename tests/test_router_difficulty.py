@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -127,18 +126,26 @@ def test_served_score_equals_evaluated_score(
     assert single == pytest.approx(evaluated.tolist(), abs=1e-5)
 
 
-def test_routing_work_beyond_the_embedding_is_cheap(
+def test_routing_with_the_gateways_vector_embeds_nothing_again(
     default_scorer: DifficultyScorer, embedder: SentenceEmbedder
 ) -> None:
+    # How long scoring takes is the router latency benchmark's figure (docs/router_evaluation.md);
+    # what a test can hold is that a prompt the gateway already embedded is not embedded twice.
     vectors = embedder.embed_batch(PROMPTS)
-    timings_ms = []
-    for _ in range(20):
-        for i, prompt in enumerate(PROMPTS):
-            start = time.perf_counter()
-            default_scorer.score_batch([prompt], vectors[i : i + 1])
-            timings_ms.append((time.perf_counter() - start) * 1000.0)
-    # 2 ms is the budget on an idle core; a shared CI box gets headroom.
-    assert float(np.median(timings_ms)) < 10.0
+    counting = _CountingEmbedder(embedder)
+    scorer = DifficultyScorer(BUILTIN_ROUTERS["default-router"], embedder=counting)
+    given = [scorer.score_batch([p], vectors[i : i + 1])[0] for i, p in enumerate(PROMPTS)]
+    assert counting.texts == 0
+    assert given == pytest.approx(default_scorer.score_batch(PROMPTS), abs=1e-5)
+
+
+class _CountingEmbedder:
+    def __init__(self, inner: SentenceEmbedder) -> None:
+        self.inner, self.texts = inner, 0
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        self.texts += len(texts)
+        return self.inner.embed_batch(texts)
 
 
 def test_prompt_features_are_finite_on_odd_inputs() -> None:
