@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import yaml
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Ray Serve's request-path settings, the same as production's (cluster.yaml gives the reason
@@ -34,6 +35,16 @@ GATEWAY_TUNING_ENV = {
     "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
 }
 STOP_GRACE_S = 30.0
+
+
+def served_url(config_path: str) -> str:
+    """Where a Serve config's HTTP proxy listens: its `http_options` (Serve's defaults when the
+    config leaves them out: 127.0.0.1:8000)."""
+    http = (yaml.safe_load(Path(config_path).read_text()) or {}).get("http_options") or {}
+    host = http.get("host", "127.0.0.1")
+    if host in ("0.0.0.0", "::"):  # listening everywhere: reach it on loopback
+        host = "127.0.0.1"
+    return f"http://{host}:{http.get('port', 8000)}"
 
 
 def launch(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -183,8 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     process = start(args.config, Path(args.log))
     print(f"starting the cascade (serve run {args.config}); log: {args.log}", flush=True)
     try:
-        seconds = wait_ready(process, DEFAULT_URL, args.models, args.timeout_s)
-        print(f"ready after {seconds:.0f} s: OpenAI API on {DEFAULT_URL}/v1 (Ctrl-C stops)")
+        url = served_url(args.config)
+        seconds = wait_ready(process, url, args.models, args.timeout_s)
+        print(f"ready after {seconds:.0f} s: OpenAI API on {url}/v1 (Ctrl-C stops)")
         process.wait()
     except KeyboardInterrupt:
         print("stopping", flush=True)
