@@ -82,6 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "offline, greedy, with the same chat template (a stand-in: the gateway is the truth)",
     )
     calibrate.add_argument("--hf-model", help="transformers: a model directory")
+    calibrate.add_argument(
+        "--answer-style",
+        choices=["direct", "reasoned"],
+        default="direct",
+        help="direct: the answer alone (threshold calibration); reasoned: the model reasons "
+        "first, so answers are long and the early-escalation replay has tokens to stop "
+        "(use with --choice-max-tokens 192 --math-max-tokens 192)",
+    )
     calibrate.add_argument("--choice-max-tokens", type=int, default=8)
     calibrate.add_argument("--math-max-tokens", type=int, default=48)
     calibrate.add_argument("--max-false-escalation", type=float, default=0.10)
@@ -130,7 +138,7 @@ def ask_small_tier(args: argparse.Namespace, questions: list[dict[str, Any]]) ->
         max_tokens = args.choice_max_tokens if row["kind"] == "choice" else args.math_max_tokens
         body = {
             "model": args.model,
-            "messages": question_messages(row, "direct"),
+            "messages": question_messages(row, args.answer_style),
             "max_tokens": max_tokens,
             "temperature": 0,
             "logprobs": True,
@@ -191,7 +199,7 @@ def ask_local_model(args: argparse.Namespace, questions: list[dict[str, Any]]) -
     for row in tqdm(questions, desc=f"{Path(path).name} (transformers)", unit="q"):
         max_tokens = args.choice_max_tokens if row["kind"] == "choice" else args.math_max_tokens
         encoded = tokenizer.apply_chat_template(
-            question_messages(row, "direct"),
+            question_messages(row, args.answer_style),
             add_generation_prompt=True,
             return_tensors="pt",
             return_dict=True,

@@ -202,7 +202,9 @@ def _sse(payload: dict[str, Any]) -> str:
 def _fallback(small: StreamingTier, large: ScriptedTier, **early: Any) -> TierFallback:
     quality = QualityConfig(
         min_mean_logprob=-1.0,
-        early_escalation=EarlyEscalationConfig(**({"min_tokens": 8, "window_tokens": 8} | early)),
+        early_escalation=EarlyEscalationConfig(
+            **({"enabled": True, "min_tokens": 8, "window_tokens": 8} | early)
+        ),
     )
     return TierFallback(
         {"small": small, "large": large}, {"small": SMALL_PRICE, "large": LARGE_PRICE}, quality
