@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup servers models run test lint autoscaling-benchmark
+.PHONY: setup servers models run test lint litellm-venv autoscaling-benchmark gateway-benchmark
 
 setup: $(STAMP)
 
@@ -28,6 +28,20 @@ servers:
 	@command -v redis-server >/dev/null && command -v prometheus >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus)
 
+# LiteLLM's proxy, for the gateway comparison (benchmarks/gateway_comparison.py), in a venv of
+# its own: its dependencies would move ours (huggingface_hub among them). Pinned; ~5 min once.
+LITELLM_VENV := .venv-litellm
+LITELLM_VERSION := 1.108.7
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
+
+litellm-venv: $(LITELLM_STAMP)
+
+$(LITELLM_STAMP):
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install -q "litellm[proxy]==$(LITELLM_VERSION)"
+	touch $@
+
 models: setup
 	$(PY) -m devtools.models
 
@@ -38,7 +52,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: models lint servers
+test: models lint servers litellm-venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CASCADE_REQUIRE_SERVERS=1 $(PY) -m pytest -q
 
 # Not part of `make test` (several minutes on 2 cores): starts the autoscaling profile of
@@ -47,3 +61,8 @@ test: models lint servers
 autoscaling-benchmark: models
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m benchmarks.autoscaling \
 		--out artifacts/autoscaling.json --png docs/img/autoscaling.png
+
+# Not part of `make test` (~15 min; its --quick mode is): ours against LiteLLM's proxy over a
+# fake backend, each gateway pinned to core 0. Figures: docs/benchmarks.md.
+gateway-benchmark: models litellm-venv
+	$(PY) -m benchmarks.gateway_comparison --figure docs/img/gateway_comparison.png

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray import serve
-from ray.serve.deployment import Application
+from ray.serve.deployment import Application, Deployment
 
 from serve_app.cache.deployment import SemanticCache
 from serve_app.config import CACHE_DEPLOYMENT, ROUTER_DEPLOYMENT, CascadeConfig
@@ -46,16 +46,28 @@ def _options(overrides: dict[str, Any], *, max_ongoing_requests: int) -> dict[st
 def build_app(args: dict[str, Any]) -> Application:
     """Validate the `args:` block of a Serve config and bind the full cascade graph."""
     config = CascadeConfig.model_validate(args)
+    if config.ingress.share_deployments_of:
+        # A second gateway: it finds the other application's deployments when it starts.
+        return _ingress_deployment(config).bind(config.model_dump())
+    return bind_cascade(
+        config,
+        small=build_tier_deployment("small", config.tiers["small"]),
+        large=build_tier_deployment("large", config.tiers["large"]),
+    )
+
+
+def _ingress_deployment(config: CascadeConfig) -> Deployment:
     ingress_options = _options(
         config.ingress.deployment_config,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
-    ingress = serve.deployment(CascadeIngress, name="ingress", **ingress_options)
-    if config.ingress.share_deployments_of:
-        # A second gateway: it finds the other application's deployments when it starts.
-        return ingress.bind(config.model_dump())
-    small = build_tier_deployment("small", config.tiers["small"])
-    large = build_tier_deployment("large", config.tiers["large"])
+    return serve.deployment(CascadeIngress, name="ingress", **ingress_options)
+
+
+def bind_cascade(config: CascadeConfig, *, small: Application, large: Application) -> Application:
+    """The ingress, cache and router in front of the given tier deployments: the LLMServers
+    in the product; a benchmark binds stand-ins that answer like them
+    (benchmarks/gateway_fake_backend.py)."""
     helper = _HELPER_MAX_ONGOING_REQUESTS
     router_options = _options(config.router.deployment_config, max_ongoing_requests=helper)
     router = serve.deployment(ServedRouter, name=ROUTER_DEPLOYMENT, **router_options)
@@ -64,7 +76,7 @@ def build_app(args: dict[str, Any]) -> Application:
         cache_options = _options(config.cache.deployment_config, max_ongoing_requests=helper)
         cache_deployment = serve.deployment(SemanticCache, name=CACHE_DEPLOYMENT, **cache_options)
         cache = cache_deployment.bind(config.cache.model_dump())
-    return ingress.bind(
+    return _ingress_deployment(config).bind(
         config.model_dump(),
         small=small,
         large=large,
