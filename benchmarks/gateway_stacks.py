@@ -18,16 +18,13 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import yaml
 
@@ -46,30 +43,8 @@ FAKE_TIER_MARKERS = ("llm-small", "llm-large")
 STARTUP_TIMEOUT_S = 300.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pinned(cpus: tuple[int, ...], command: list[str]) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cpus)), *command]
-
-
-def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Until `url` answers 200 (or the process exits, or the deadline passes)."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{process.args} exited with code {process.returncode}")
-            try:
-                if client.get(url).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
 # ---- CPU time ------------------------------------------------------------------------------
@@ -153,7 +128,7 @@ class Stacks:
         return {**local_stack.GATEWAY_TUNING_ENV, **os.environ, "HF_HUB_OFFLINE": "1"}
 
     def start_backend(self) -> None:
-        self.ports["backend"] = free_port()
+        self.ports["backend"] = local_stack.free_port()
         command = [
             sys.executable, "-m", "benchmarks.gateway_fake_backend",
             "--port", str(self.ports["backend"]),
@@ -164,11 +139,11 @@ class Stacks:
         self.backend = local_stack.launch(
             pinned(self.backend_cpus, command), self.log_dir / "backend.log", self._env()
         )
-        _wait_http(f"{self.url('backend')}/health", self.backend, 60)
+        local_stack.wait_http_ok(self.backend, f"{self.url('backend')}/health", 60)
 
     def start_ours(self) -> None:
         """A Ray head pinned to the gateway core, then `serve run` of the cascade onto it."""
-        gcs_port, dashboard_port, self.ports["ours"] = free_port(), free_port(), free_port()
+        gcs_port, dashboard_port, self.ports["ours"] = (local_stack.free_port() for _ in range(3))
         # Short (Ray's socket paths must be), so not under log_dir; removed by `stop`.
         self.ray_temp_dir = temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
         ray_cli = str(Path(sys.executable).parent / "ray")
@@ -216,13 +191,15 @@ class Stacks:
             ],
         }
 
-    def start_litellm(self) -> None:
+    def start_litellm(self, api_base: str | None = None, model: str = "openai/fake") -> None:
+        """LiteLLM's proxy in front of `api_base` (default: the fake backend)."""
         litellm_cli = LITELLM_VENV / "bin" / "litellm"
         if not litellm_cli.exists():
             raise RuntimeError(f"{litellm_cli} is missing: run `make litellm-venv` first")
-        self.ports["litellm"] = free_port()
+        self.ports["litellm"] = local_stack.free_port()
         config_path = self.log_dir / "litellm.yaml"
-        config_path.write_text(yaml.safe_dump(self.litellm_config(), sort_keys=False))
+        config = self.litellm_config(api_base or f"{self.url('backend')}/v1", model)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [
             str(litellm_cli), "--config", str(config_path), "--host", "127.0.0.1",
             "--port", str(self.ports["litellm"]), "--num_workers", "1",
@@ -236,9 +213,11 @@ class Stacks:
         self.litellm = local_stack.launch(
             pinned(self.gateway_cpus, command), self.log_dir / "litellm.log", env
         )
-        _wait_http(f"{self.url('litellm')}/health/liveliness", self.litellm, STARTUP_TIMEOUT_S)
+        local_stack.wait_http_ok(
+            self.litellm, f"{self.url('litellm')}/health/liveliness", STARTUP_TIMEOUT_S
+        )
 
-    def litellm_config(self) -> dict[str, Any]:
+    def litellm_config(self, api_base: str, model: str) -> dict[str, Any]:
         """LiteLLM's benchmark set-up (docs.litellm.ai/docs/benchmarks): one OpenAI-compatible
         deployment, no callbacks, no retries, a master key (it refuses to start without one),
         no database."""
@@ -247,8 +226,8 @@ class Stacks:
                 {
                     "model_name": LITELLM_MODEL,
                     "litellm_params": {
-                        "model": "openai/fake",
-                        "api_base": f"{self.url('backend')}/v1",
+                        "model": model,
+                        "api_base": api_base,
                         "api_key": "fake-key",
                     },
                 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,6 +94,32 @@ def session_processes(session_id: int) -> list[int]:
         except OSError:  # gone meanwhile
             continue
     return found
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server this tooling starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_http_ok(
+    process: subprocess.Popen[bytes], url: str, timeout_s: float, interval_s: float = 0.5
+) -> None:
+    """Until `url` answers 200; raises if `process` (the server) exits or the deadline passes."""
+    deadline_s = time.monotonic() + timeout_s
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args} exited with code {process.returncode}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            if time.monotonic() > deadline_s:
+                raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+            time.sleep(interval_s)  # between polls of the url, not instead of them
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:

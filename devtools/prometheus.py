@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,10 +25,10 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
-import httpx
 import psutil
 import yaml
 
+from devtools import local_stack
 from devtools.local_stack import DEFAULT_URL, interrupt
 
 DISCOVERY_FILE_NAME = "prom_metrics_service_discovery.json"
@@ -100,12 +99,6 @@ def prometheus_config(discovery_file: Path, scrape_interval_s: float) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class PrometheusServer:
     """One Prometheus process on 127.0.0.1, ready (`/-/ready`) when the constructor returns.
 
@@ -132,7 +125,7 @@ class PrometheusServer:
                 f"no Ray scrape targets at {self.discovery_file}: is a local Ray cluster running?"
             )
         self.scrape_interval_s = scrape_interval_s
-        self.port = port or free_port()
+        self.port = port or local_stack.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / "prometheus.yml"
@@ -154,23 +147,10 @@ class PrometheusServer:
             raise
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline_s = time.monotonic() + timeout_s
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"prometheus exited with code {self.process.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    if client.get("/-/ready").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass  # not listening yet
-                if time.monotonic() > deadline_s:
-                    raise TimeoutError(
-                        f"prometheus not ready after {timeout_s:.0f} s:\n{self.log_tail()}"
-                    )
-                time.sleep(0.1)  # between polls of /-/ready, not instead of them
+        try:
+            local_stack.wait_http_ok(self.process, f"{self.url}/-/ready", timeout_s, 0.1)
+        except (RuntimeError, TimeoutError) as e:
+            raise type(e)(f"prometheus: {e}:\n{self.log_tail()}") from None
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]

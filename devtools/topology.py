@@ -102,12 +102,6 @@ def miniature_config(
     return config
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _token_auth_env() -> dict[str, str]:
     """With ~/.ray/auth_token the head requires the token, and Ray reads it by itself only for
     "auto" addresses; the worker and `serve run` name the head's address. An operator's own
@@ -129,8 +123,8 @@ class TwoNodeCluster:
     gateway_resources: dict[str, float]
     gpu_resources: dict[str, float]
     log_dir: Path
-    gcs_port: int = field(default_factory=_free_port)
-    dashboard_port: int = field(default_factory=_free_port)
+    gcs_port: int = field(default_factory=local_stack.free_port)
+    dashboard_port: int = field(default_factory=local_stack.free_port)
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     head: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
+from devtools import local_stack
+
 READY_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:
@@ -31,7 +26,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make servers`")
-        self.port = _free_port()
+        self.port = local_stack.free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log_path = directory / "redis-server.log"
         command = [
