@@ -1,6 +1,7 @@
 """Fault drill: kill a replica of the running cascade while a concurrency-16 load runs.
 
-For each fault (an LLM tier replica, the semantic-cache replica, the router replica) the
+For each fault (an LLM tier replica, the semantic-cache replica, the router replica where the
+router has a deployment: `router.placement`, serve_app/routing/placement.py) the
 drill runs a closed-loop load of routed requests on loopback, kills the deployment's replica
 actors a few seconds in, and reports what clients saw: success rate, error classes (every
 failure must be a well-formed OpenAI error; hangs and lost requests count separately),
@@ -9,6 +10,7 @@ to the replacement replica serving again).
 
     python -m benchmarks.fault_drill                       # all faults, 16 clients
     python -m benchmarks.fault_drill --faults llm-small --duration-s 120
+    python -m benchmarks.fault_drill --faults router --app my-gateway --url http://.../prefix
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from typing import Any
 import httpx
 
 from benchmarks.faults import (
+    APP_NAME,
     cache_answers,
     connect_to_stack,
     kill_replicas,
     orphaned_engine_processes,
+    replica_actor_names,
     tier_answers,
     wait_until,
 )
@@ -54,6 +58,10 @@ FAULTS: dict[str, Fault] = {
     # Routing falls back to the heuristic at once; recovery is the replica being back.
     "router": Fault("router", lambda url: tier_answers(url, "cascade-small")),
 }
+
+
+class NoReplicaToKill(LookupError):
+    """The fault's deployment has no replica in this stack."""
 
 
 @dataclass
@@ -125,10 +133,21 @@ def run_drill(
     kill_at_s: float = 5.0,
     recovery_timeout_s: float = 300.0,
     timeout_s: float = 180.0,
+    app: str = APP_NAME,
 ) -> DrillResult:
-    """Load for `duration_s`, kill at `kill_at_s`, then wait (load still running) for recovery."""
+    """Load for `duration_s`, kill at `kill_at_s`, then wait (load still running) for recovery.
+    `app` is the Serve application whose replica is killed; `base_url` is its gateway."""
     fault = FAULTS[fault_name]
     connect_to_stack(base_url)
+    if not replica_actor_names(fault.deployment, app):
+        raise NoReplicaToKill(
+            f"application {app!r} has no {fault.deployment!r} replica"
+            + (
+                " (its router scores in the ingress: router.placement)"
+                if fault_name == "router"
+                else ""
+            )
+        )
     orphans_before = orphaned_engine_processes()
     outcomes: list[Outcome] = []
 
@@ -145,7 +164,7 @@ def run_drill(
     started = time.perf_counter()
     load_thread.start()
     time.sleep(kill_at_s)
-    killed = kill_replicas(fault.deployment)
+    killed = kill_replicas(fault.deployment, app)
     actual_kill_at_s = time.perf_counter() - started
     first_after_kill = asyncio.run(_one_routed_request(base_url, started, timeout_s))
     outcomes.append(first_after_kill)
@@ -169,6 +188,7 @@ def run_drill(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--app", default=APP_NAME, help="Serve application of the replicas")
     parser.add_argument("--faults", nargs="*", default=list(FAULTS), choices=list(FAULTS))
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration-s", type=float, default=90.0, help="load per fault")
@@ -179,14 +199,19 @@ def main(argv: list[str] | None = None) -> None:
     summaries = []
     for name in args.faults:
         print(f"fault {name}: {args.concurrency} clients for {args.duration_s:.0f} s", flush=True)
-        result = run_drill(
-            name,
-            args.url,
-            concurrency=args.concurrency,
-            duration_s=args.duration_s,
-            kill_at_s=args.kill_at_s,
-            recovery_timeout_s=args.recovery_timeout_s,
-        )
+        try:
+            result = run_drill(
+                name,
+                args.url,
+                concurrency=args.concurrency,
+                duration_s=args.duration_s,
+                kill_at_s=args.kill_at_s,
+                recovery_timeout_s=args.recovery_timeout_s,
+                app=args.app,
+            )
+        except NoReplicaToKill as e:
+            print(f"fault {name} skipped: {e}", flush=True)
+            continue
         summaries.append(result.summary())
         print(json.dumps(result.summary(), indent=2), flush=True)
         # The next fault starts on a healthy stack: every tier serving again.

@@ -22,11 +22,12 @@ APP_NAME = "cascade"
 _STACK_PROCESS_MARKERS = ("ray::", "raylet", "gcs_server", "VLLM::", "serve run", "dashboard")
 
 
-def replica_actor_names(deployment: str) -> list[tuple[str, str]]:
-    """(name, namespace) of each live replica actor of `deployment`; needs `ray.init` first."""
+def replica_actor_names(deployment: str, app: str = APP_NAME) -> list[tuple[str, str]]:
+    """(name, namespace) of each live replica actor of `deployment` in the Serve application
+    `app`; needs `ray.init` first."""
     import ray
 
-    marker = f"{APP_NAME}#{deployment}#"
+    marker = f"{app}#{deployment}#"
     return [
         (actor["name"], actor["namespace"])
         for actor in ray.util.list_named_actors(all_namespaces=True)
@@ -34,16 +35,16 @@ def replica_actor_names(deployment: str) -> list[tuple[str, str]]:
     ]
 
 
-def kill_replicas(deployment: str) -> int:
-    """Kill every replica actor of `deployment` (as a crash would); returns how many."""
+def kill_replicas(deployment: str, app: str = APP_NAME) -> int:
+    """Kill every replica actor of `deployment` in `app` (as a crash would); returns how many."""
     import ray
 
-    names = replica_actor_names(deployment)
+    names = replica_actor_names(deployment, app)
     for name, namespace in names:
         # no_restart: Ray must not restart the actor itself; Serve replaces the replica.
         ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
     # ray.kill only asks; the drill's next request must meet the dead replica, not a live one.
-    wait_until(lambda: not set(names) & set(replica_actor_names(deployment)), 30.0, 0.05)
+    wait_until(lambda: not set(names) & set(replica_actor_names(deployment, app)), 30.0, 0.05)
     return len(names)
 
 

@@ -40,7 +40,8 @@ PRODUCTION_CONFIG = REPO_ROOT / "configs" / "production.yaml"
 LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 GATEWAY_NODE_TYPE = "cpu_serving"
 GPU_NODE_TYPES = ("gpu_small", "gpu_large")
-GATEWAY_DEPLOYMENTS = ("ingress", "cache", "router")
+# The router scores in the ingress (serve_app.routing.placement): it has no deployment to place.
+GATEWAY_DEPLOYMENTS = ("ingress", "cache")
 """The `args` blocks of the builder whose deployments run on CPU serving nodes."""
 # What Ray itself adds to a node with GPUs of a type (cluster.yaml adds finer labels).
 DETECTED_ACCELERATORS = {"gpu_small": "A10G", "gpu_large": "A100"}

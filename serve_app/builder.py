@@ -1,7 +1,7 @@
 """The one builder of the cascade's Ray Serve graph; `configs/*.yaml` point `import_path` here.
 
 Ingress ─┬─ SemanticCache   (Qdrant: embedded Edge shard or a Qdrant server)
-         ├─ Router          (classifier checkpoint, or the heuristic)
+         ├─ Router          (a deployment for encoder scorers; cheap ones score in the ingress)
          ├─ llm-small       (Ray Serve LLM LLMServer over vLLM)
          └─ llm-large       (Ray Serve LLM LLMServer over vLLM)
 """
@@ -16,6 +16,7 @@ from ray.serve.deployment import Application, Deployment
 from serve_app.cache.deployment import SemanticCache
 from serve_app.config import CACHE_DEPLOYMENT, ROUTER_DEPLOYMENT, CascadeConfig
 from serve_app.gateway.ingress import CascadeIngress
+from serve_app.routing.placement import scores_in_ingress
 from serve_app.routing.router import ServedRouter
 from serve_app.tiers.deployment import build_tier_deployment
 
@@ -47,8 +48,9 @@ def build_app(args: dict[str, Any]) -> Application:
     """Validate the `args:` block of a Serve config and bind the full cascade graph."""
     config = CascadeConfig.model_validate(args)
     if config.ingress.share_deployments_of:
-        # A second gateway: it finds the other application's deployments when it starts.
-        return _ingress_deployment(config).bind(config.model_dump())
+        # A second gateway: it finds the other application's tiers and cache when it starts,
+        # and routes by its own router config (a deployment of its own if it needs one).
+        return _ingress_deployment(config).bind(config.model_dump(), router=_router(config))
     return bind_cascade(
         config,
         small=build_tier_deployment("small", config.tiers["small"]),
@@ -69,8 +71,6 @@ def bind_cascade(config: CascadeConfig, *, small: Application, large: Applicatio
     in the product; a benchmark binds stand-ins that answer like them
     (benchmarks/gateway_fake_backend.py)."""
     helper = _HELPER_MAX_ONGOING_REQUESTS
-    router_options = _options(config.router.deployment_config, max_ongoing_requests=helper)
-    router = serve.deployment(ServedRouter, name=ROUTER_DEPLOYMENT, **router_options)
     cache = None
     if config.cache.enabled:
         cache_options = _options(config.cache.deployment_config, max_ongoing_requests=helper)
@@ -80,6 +80,17 @@ def bind_cascade(config: CascadeConfig, *, small: Application, large: Applicatio
         config.model_dump(),
         small=small,
         large=large,
-        router=router.bind(config.router.model_dump()),
+        router=_router(config),
         cache=cache,
     )
+
+
+def _router(config: CascadeConfig) -> Application | None:
+    """The router deployment, or None when the ingress scores requests itself
+    (serve_app.routing.placement)."""
+    if scores_in_ingress(config.router):
+        return None
+    helper = _HELPER_MAX_ONGOING_REQUESTS
+    options = _options(config.router.deployment_config, max_ongoing_requests=helper)
+    deployment = serve.deployment(ServedRouter, name=ROUTER_DEPLOYMENT, **options)
+    return deployment.bind(config.router.model_dump())

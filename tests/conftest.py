@@ -40,6 +40,8 @@ API_KEYS: dict[str, tuple[str, dict[str, float]]] = {
 # engines hold 2048 tokens), so prompts between the two exercise routing by length.
 SHORT_SMALL_PREFIX = "/short-small"
 SHORT_SMALL_CONTEXT = 1024
+# The application whose router is a deployment (the short-small gateway's).
+ROUTER_DEPLOYMENT_APP = "cascade-short-small"
 STARTUP_TIMEOUT_S = float(os.environ.get("CASCADE_STARTUP_TIMEOUT_S", "900"))
 ADMIN_TOKEN = os.environ.setdefault("CASCADE_ADMIN_TOKEN", "test-admin-token")
 
@@ -67,7 +69,8 @@ def _api_key_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
 def _short_small_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
     """A gateway at SHORT_SMALL_PREFIX in front of the same deployments, whose view of the small
     tier's context is SHORT_SMALL_CONTEXT: production's shape (small 8k, large 16k) on engines
-    that are alike. Only the gateway's routing reads it; the engines keep their own."""
+    that are alike. Only the gateway's routing reads it; the engines keep their own. Its router
+    runs in a deployment of its own (ROUTER_DEPLOYMENT_APP)."""
     args = copy.deepcopy(cascade["args"])
     args["ingress"]["share_deployments_of"] = cascade["name"]
     ingress_deployment = args["ingress"].setdefault("deployment_config", {})
@@ -75,8 +78,12 @@ def _short_small_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
     small = args["tiers"]["small"]
     # A new dict: the YAML anchor makes both tiers share one engine_kwargs mapping.
     small["engine_kwargs"] = {**small["engine_kwargs"], "max_model_len": SHORT_SMALL_CONTEXT}
+    # The one router deployment of the stack: the shipped router scores in the ingress, and a
+    # router deployment (an encoder router's, serve_app.routing.placement) needs live tests too.
+    args["router"]["placement"] = "deployment"
+    args["router"]["deployment_config"] = {"ray_actor_options": {"num_cpus": 0.01}}
     return {
-        "name": "cascade-short-small",
+        "name": ROUTER_DEPLOYMENT_APP,
         "route_prefix": SHORT_SMALL_PREFIX,
         "import_path": cascade["import_path"],
         "args": args,

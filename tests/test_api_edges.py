@@ -3,6 +3,8 @@
 A hung replica is alive but silent: SIGSTOP freezes the router's process, so Serve neither
 sees it die nor gets an answer from it, and only the ingress's router budget
 (`router.timeout_s`) keeps routed requests moving, decided by the ingress's own heuristic.
+The shipped router scores in the ingress; the stack's router deployment is the short-small
+gateway's (conftest.ROUTER_DEPLOYMENT_APP), as an encoder router would have.
 
 `x-cascade-quality: relay` (a client may pick it on the local stack) relays a routed stream as
 the tier sends it; non-streamed answers are still judged. A relayed routed small-tier answer
@@ -14,13 +16,15 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import psutil
 import pytest
 
-from benchmarks.faults import APP_NAME, stack_ray_address, wait_until
+from benchmarks.faults import stack_ray_address, wait_until
 from serve_app.config import ROUTER_DEPLOYMENT
+from tests.conftest import ROUTER_DEPLOYMENT_APP, SHORT_SMALL_PREFIX
 from tests.helpers import EMPTY_ANSWER, chat_body
 
 # Longer than the ingress's own deadline (120 s in configs/local.yaml, which starts after
@@ -69,7 +73,7 @@ def _router_processes(base_url: str) -> list[psutil.Process]:
     on the stack's own cluster, checked by their process title before anything touches them."""
     from ray.util.state import list_actors
 
-    class_name = f"ServeReplica:{APP_NAME}:{ROUTER_DEPLOYMENT}"
+    class_name = f"ServeReplica:{ROUTER_DEPLOYMENT_APP}:{ROUTER_DEPLOYMENT}"
     address = os.environ.get("RAY_ADDRESS") or stack_ray_address(base_url)
     filters = [("class_name", "=", class_name), ("state", "=", "ALIVE")]
     actors = list_actors(address=address, filters=filters, detail=True, limit=1000)
@@ -81,14 +85,24 @@ def _router_processes(base_url: str) -> list[psutil.Process]:
     return processes
 
 
+@pytest.fixture
+def routed_by_deployment(cascade_url: str) -> Iterator[httpx.Client]:
+    """The gateway whose router is a deployment."""
+    with httpx.Client(base_url=cascade_url + SHORT_SMALL_PREFIX, timeout=180) as client:
+        yield client
+
+
 @pytest.mark.disruptive
-def test_a_hung_router_replica_does_not_hang_requests(http: httpx.Client) -> None:
+def test_a_hung_router_replica_does_not_hang_requests(
+    routed_by_deployment: httpx.Client, cascade_url: str
+) -> None:
     """Freeze the router replica (SIGSTOP): routed requests and `/v1/route` still answer, routed
     by the ingress's heuristic after the router budget. Then thaw it (SIGCONT, always) and wait
     until the router deployment decides again, so the stack is whole for what runs next."""
+    http = routed_by_deployment
     router_scorer = _router_deployment_scorer(http)
 
-    processes = _router_processes(str(http.base_url))
+    processes = _router_processes(cascade_url)
     frozen: list[psutil.Process] = []
     try:
         for process in processes:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.fault_drill import DrillResult, run_drill
+from benchmarks.fault_drill import DrillResult, NoReplicaToKill, run_drill
+from tests.conftest import ROUTER_DEPLOYMENT_APP, SHORT_SMALL_PREFIX
 
 pytestmark = pytest.mark.disruptive
 
 
-def _drill(fault: str, url: str, duration_s: float) -> tuple[DrillResult, dict]:
+def _drill(fault: str, url: str, duration_s: float, **app: str) -> tuple[DrillResult, dict]:
     """Kill `fault` 3 s into a 16-client load; every request must get an answer or an
     OpenAI-shaped error (no hang, no lost connection)."""
-    result = run_drill(fault, url, duration_s=duration_s, kill_at_s=3)
+    result = run_drill(fault, url, duration_s=duration_s, kill_at_s=3, **app)
     summary = result.summary()
     print(summary)
     classes = summary["classes"]
@@ -45,8 +46,16 @@ def test_killed_small_tier_replica_fails_over_to_large(cascade_url: str) -> None
     assert result.orphaned_engines_after <= result.orphaned_engines_before
 
 
+def test_the_shipped_stack_has_no_router_replica_to_lose(cascade_url: str) -> None:
+    """The shipped router scores in the ingress: the drill finds no router replica to kill."""
+    with pytest.raises(NoReplicaToKill, match="scores in the ingress"):
+        run_drill("router", cascade_url, duration_s=1)
+
+
 def test_killed_router_replica_routes_with_the_heuristic(cascade_url: str) -> None:
-    result, summary = _drill("router", cascade_url, duration_s=15)
+    """On the gateway whose router is a deployment (an encoder router's placement)."""
+    url = cascade_url + SHORT_SMALL_PREFIX
+    result, summary = _drill("router", url, duration_s=15, app=ROUTER_DEPLOYMENT_APP)
     assert summary["success_rate"] == 1.0, summary["classes"]
     # Still routed (not failed over or pinned): the ingress's own heuristic took over.
     assert all(o.headers.get("x-cascade-route") for o in result.outcomes if o.ok)

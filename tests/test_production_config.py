@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any, get_args
@@ -27,7 +28,8 @@ LOCAL = REPO_ROOT / "configs" / "local.yaml"
 CLUSTER = REPO_ROOT / "cluster.yaml"
 RAYSERVICE = REPO_ROOT / "deploy" / "rayservice.yaml"
 RAYSERVICE_MIG = REPO_ROOT / "deploy" / "rayservice-mig.yaml"
-DEPLOYMENTS = {"ingress", "semantic-cache", "router", "llm-small", "llm-large"}
+# The shipped router scores in the ingress: no router deployment (serve_app.routing.placement).
+DEPLOYMENTS = {"ingress", "semantic-cache", "llm-small", "llm-large"}
 SPECULATIVE_BLOCK = re.compile(
     r"^(?P<indent> *)# speculative_config:\n(?:(?P=indent)#   .*\n)+", re.MULTILINE
 )
@@ -158,7 +160,7 @@ def test_tiers_autoscale_on_ongoing_requests_with_backpressure(production) -> No
 
 
 def test_cpu_deployments_autoscale_and_stay_on_on_demand_nodes(production) -> None:
-    for name in ("ingress", "semantic-cache", "router"):
+    for name in ("ingress", "semantic-cache"):
         schema = _schema(production[name])
         assert schema["autoscaling_config"]["min_replicas"] >= 2
         # Only CPU serving nodes advertise it: GPU nodes keep their CPUs for the engines.
@@ -398,6 +400,7 @@ def test_deployments_a_config_leaves_unbounded_do_not_inherit_serves_limit_of_5(
     """Left out of a config, the ingress, cache and router still take as many requests at once
     as the ingress admits (Serve's default of 5 would queue the sixth in the proxy)."""
     args = _args(LOCAL)
+    args["router"]["placement"] = "deployment"  # the shipped router has none
     for section in ("ingress", "cache", "router"):
         args[section].get("deployment_config", {}).pop("max_ongoing_requests", None)
     built = _build(args)
@@ -415,3 +418,22 @@ def test_clients_cannot_switch_the_quality_gate_off_unless_the_operator_allows_i
     assert _quality_mode(QualityConfig(), off) == QualityConfig().stream_mode
     assert _quality_mode(CascadeConfig.model_validate(_args(PRODUCTION)).quality, off) != "off"
     assert _quality_mode(QualityConfig(allow_client_override=True), off) == "off"
+
+
+def test_only_a_router_worth_a_hop_gets_a_deployment(offline_ray, tmp_path: Path) -> None:
+    """The shipped router (a linear model over prompt features) scores in the ingress, so no
+    router replica is started and no request pays a hop to one. A checkpoint that runs an
+    encoder (an HF classifier), or a router deployment the operator sized, gets one."""
+    args = _args(LOCAL)
+    assert "router" not in _build(args)
+
+    sized = copy.deepcopy(args)
+    sized["router"]["deployment_config"] = {"num_replicas": 2}
+    assert _schema(_build(sized)["router"])["num_replicas"] == 2
+
+    classifier = tmp_path / "classifier-router"
+    classifier.mkdir()
+    (classifier / "router_card.json").write_text(json.dumps({"threshold": 0.5}))
+    encoder = copy.deepcopy(args)
+    encoder["router"] = {"checkpoint": str(classifier)}
+    assert "router" in _build(encoder)

@@ -1,4 +1,4 @@
-"""The router deployment has a budget: past it, or on an error, the ingress's heuristic routes.
+"""The router has a budget: past it, or on an error, the ingress's heuristic routes.
 
 Routing runs before the request's deadline starts, so a hung router replica used to hang the
 request with no limit at all (only exceptions fell back to the heuristic). The router handle is
@@ -184,3 +184,42 @@ def test_routing_dropped_for_a_cache_hit_cancels_the_router_call() -> None:
     asyncio.run(scenario())
     assert router.cancelled == 1
     assert fallbacks.tags == []  # a dropped routing is no router fallback
+
+
+# ---- a router scoring in the ingress (serve_app.routing.placement) ---------------------------
+
+
+class _FailingScorer:
+    def score_batch(self, texts: list[str], embeddings: Any = None) -> list[float]:
+        raise ValueError("the model was trained with other prompt features")
+
+
+def test_the_shipped_router_scores_in_the_ingress_with_its_own_threshold() -> None:
+    """No hop: the pipeline's router is the shipped difficulty router itself, and a decision
+    carries its score and the threshold derived from the configured target."""
+    from serve_app.routing.router import Router
+
+    config = {"checkpoint": "builtin://default-router", "target": {"quality": 0.95}}
+    router = Router(config, batched=False)
+    pipeline, fallbacks = _pipeline(router, **config)  # type: ignore[arg-type]
+    trace = _trace()
+    body = chat_body("Prove that there are infinitely many primes of the form 4k+3.")
+    decision = asyncio.run(pipeline._decide("x", body, None))
+    assert decision.scorer == "classifier"
+    assert decision.threshold == router.threshold
+    tier = asyncio.run(_route(pipeline, trace))
+    assert trace.route_score is not None and 0.0 <= trace.route_score <= 1.0
+    assert tier == ("large" if trace.route_score >= router.threshold else "small")
+    assert fallbacks.tags == []
+
+
+def test_a_failing_scorer_in_the_ingress_is_overruled_by_the_heuristic() -> None:
+    from serve_app.routing.router import Router
+
+    router = Router({"checkpoint": "builtin://default-router"}, batched=False)
+    router._active = dataclasses.replace(router._active, scorer=_FailingScorer())
+    pipeline, fallbacks = _pipeline(router)  # type: ignore[arg-type]
+    trace = _trace()
+    tier = asyncio.run(_route(pipeline, trace))
+    assert (tier, trace.routed_to) == ("small", "small")  # the heuristic's decision
+    assert fallbacks.tags == [{"reason": "error"}]

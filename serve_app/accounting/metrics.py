@@ -257,7 +257,7 @@ class RouterMetrics:
         return cls(
             heuristic_mode=Gauge(
                 "cascade_router_heuristic_mode",
-                description="1 when the router deployment scores with the heuristic instead of "
+                description="1 when the router scores with the heuristic instead of "
                 "a trained checkpoint, by reason: no_checkpoint, checkpoint_failed.",
                 tag_keys=("reason",),
             )

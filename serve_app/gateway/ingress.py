@@ -19,7 +19,6 @@ from serve_app.accounting.metrics import IngressMetrics
 from serve_app.cache.client import CacheClient
 from serve_app.config import (
     CACHE_DEPLOYMENT,
-    ROUTER_DEPLOYMENT,
     TIER_NAMES,
     CascadeConfig,
     TierName,
@@ -37,6 +36,8 @@ from serve_app.protocol.openai_api import (
     parse_json_object,
     request_json_schema,
 )
+from serve_app.routing.placement import scores_in_ingress
+from serve_app.routing.router import ServedRouter
 from serve_app.tiers.availability import TierAvailability
 from serve_app.tiers.client import TierClient
 
@@ -96,9 +97,8 @@ class CascadeIngress:
         shared_app = self.config.ingress.share_deployments_of
         if shared_app:
             small, large = (_handle(tier_deployment_name(t), shared_app) for t in TIER_NAMES)
-            router = _handle(ROUTER_DEPLOYMENT, shared_app)
             cache = _handle(CACHE_DEPLOYMENT, shared_app) if self.config.cache.enabled else None
-        assert small is not None and large is not None and router is not None
+        assert small is not None and large is not None
         metrics = IngressMetrics.create()
         cache_client = None
         if cache is not None and self.config.cache.enabled:
@@ -110,11 +110,19 @@ class CascadeIngress:
         self.pipeline = RequestPipeline(
             self.config,
             tiers=tiers,
-            router=router,
+            router=self._router(router),
             cache=cache_client,
             metrics=metrics,
             tier_availability=self._tier_availability(shared_app),
         )
+
+    def _router(self, handle: DeploymentHandle | None) -> DeploymentHandle | ServedRouter:
+        """The router deployment's handle, or, for a scorer cheaper than the hop to one, the
+        router itself, scoring in this replica (serve_app.routing.placement)."""
+        if scores_in_ingress(self.config.router):
+            return ServedRouter(self.config.router, batched=False)
+        assert handle is not None, "the builder binds a router deployment for this scorer"
+        return handle
 
     def _tier_availability(self, shared_app: str | None) -> TierAvailability | None:
         watch_s = self.config.ingress.tier_watch_s

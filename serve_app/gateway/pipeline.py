@@ -179,7 +179,7 @@ class RequestPipeline:
         config: CascadeConfig,
         *,
         tiers: dict[TierName, TierClient],
-        router: DeploymentHandle,
+        router: DeploymentHandle | Router,
         cache: CacheClient | None,
         metrics: IngressMetrics,
         tier_availability: TierAvailability | None = None,
@@ -421,6 +421,8 @@ class RequestPipeline:
         its outcome retrieved: a late reply is dropped without an "exception was never
         retrieved" log, and a hung replica leaves no awaiting task behind per request.
         """
+        if isinstance(self.router, Router):
+            return await self._route_here(text, ask)
         call: asyncio.Future[RouteDecision] | None = None
         try:
             remote = self.router.route.remote
@@ -441,6 +443,17 @@ class RequestPipeline:
                 call.cancel()
                 call.add_done_callback(_discard_outcome)
         self.metrics.router_fallbacks.inc(tags={"reason": reason})
+        return None
+
+    async def _route_here(self, text: str, ask: ClientAsk | None) -> RouteDecision | None:
+        """The decision of the router scoring in this replica, or None (counted as an `error`
+        fallback) when its scorer fails: a scorer bug must not fail the request."""
+        assert isinstance(self.router, Router)
+        try:
+            return await self.router.route(text, ask)
+        except Exception:
+            logger.exception("Router failed to score a request; routing with the heuristic")
+        self.metrics.router_fallbacks.inc(tags={"reason": "error"})
         return None
 
     def _cpu_usd(self, latency_ms: float) -> float:

@@ -1,7 +1,8 @@
-"""Complexity router deployment: scores P(request needs the large tier) and picks a tier.
+"""Complexity router: scores P(request needs the large tier) and picks a tier.
 
-`Router` is a plain class; the builder wraps its `ServedRouter` subclass (which also reports
-the heuristic-mode metric) in `serve.deployment`. The scorers it holds (a fine-tuned HF
+`Router` is a plain class; its `ServedRouter` subclass (which also reports the heuristic-mode
+metric) runs in the ingress for cheap scorers, or wrapped in `serve.deployment` by the builder
+for scorers that run an encoder (serve_app.routing.placement). The scorers it holds (a fine-tuned HF
 sequence classifier when a checkpoint is configured, else, or when that checkpoint cannot be
 loaded, a deterministic heuristic) live in the Ray-free serve_app.routing.scorers. Concurrent
 requests are scored together through Ray Serve's `@serve.batch`; this is the only routing
@@ -41,8 +42,11 @@ class Router:
     heuristic and says why in `fallback_reason`.
     """
 
-    def __init__(self, config: RouterConfig | dict[str, Any]) -> None:
+    def __init__(self, config: RouterConfig | dict[str, Any], *, batched: bool = True) -> None:
         self._active = load_active_scorer(RouterConfig.model_validate(config))
+        # Batching pays for a forward pass; a router scoring in the ingress (cheap scorers,
+        # serve_app.routing.placement) scores each request as it comes.
+        self._batched = batched
         self._batcher: _Batcher | None = None
         self._batcher_loop: asyncio.AbstractEventLoop | None = None
         self._on_apply(self._active)
@@ -99,7 +103,7 @@ class Router:
         request's own `ask` (a model alias or the large-share header) within
         `router.client_bounds`. Only the scoring is batched; the threshold is per request."""
         start_s = time.perf_counter()
-        if _in_serve_replica():
+        if self._batched and _in_serve_replica():
             score, active = await self._batch_for_this_loop()(text)
         else:
             # Ray's serve.batch only runs inside a replica (it reads the replica's
@@ -143,17 +147,18 @@ def _in_serve_replica() -> bool:
 
 
 class ServedRouter(Router):
-    """The Router deployment: also says on a metric whether it is in heuristic mode, and why.
+    """The router that routes requests (the router deployment, or the ingress's own when it
+    scores there): also says on a metric whether it is in heuristic mode, and why.
 
     Kept apart from `Router` because the ingress holds a heuristic `Router` of its own for
-    when this deployment is down; that one must not report the deployment's mode.
+    when the router is down or slow; that one must not report the router's mode.
     """
 
-    def __init__(self, config: RouterConfig | dict[str, Any]) -> None:
+    def __init__(self, config: RouterConfig | dict[str, Any], *, batched: bool = True) -> None:
         from serve_app.accounting.metrics import RouterMetrics
 
         self._metrics = RouterMetrics.create()
-        super().__init__(config)
+        super().__init__(config, batched=batched)
 
     def _on_apply(self, active: ActiveScorer) -> None:
         self._metrics.report_mode(active.heuristic_reason)
