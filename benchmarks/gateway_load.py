@@ -51,8 +51,12 @@ class Sample:
     tier: str | None = None
 
 
-def request_body(target: Target, *, stream: bool, max_tokens: int) -> dict[str, Any]:
-    question = f"Question {uuid.uuid4().hex}: how much latency does a gateway add?"
+def request_body(
+    target: Target, *, stream: bool, max_tokens: int, question: str | None = None
+) -> dict[str, Any]:
+    """A chat body for `target`; without `question`, a unique one (never a cache hit)."""
+    if question is None:
+        question = f"Question {uuid.uuid4().hex}: how much latency does a gateway add?"
     return {
         "model": target.model,
         "messages": [{"role": "user", "content": question}],

@@ -32,6 +32,7 @@ import json
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,19 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from tqdm import tqdm
 
 from benchmarks.gateway_fake_backend import Pace
-from benchmarks.gateway_load import Sample, Target, send_one
-from benchmarks.gateway_stacks import LITELLM_MASTER_KEY, LITELLM_MODEL, Stacks
+from benchmarks.gateway_load import Sample, Target, request_body, send_one
+from benchmarks.gateway_stacks import (
+    LITELLM_MASTER_KEY,
+    LITELLM_MODEL,
+    LOCAL_CONFIG,
+    REPO_ROOT,
+    Stacks,
+)
 from devtools import local_stack
 from serve_app.config import TierConfig, tier_deployment_name
 from serve_app.tiers.deployment import llm_config_for_tier
 from serve_app.tiers.ray_llm_internals import to_model_metadata
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 DEFAULT_OUT = REPO_ROOT / "artifacts" / "gateway_real_engine.json"
 CASCADE_APP = "cascade"
 TIER_FRONT_PREFIX = "/tier"
@@ -164,14 +169,7 @@ def targets(stack_url: str, litellm_url: str, small_model: str) -> dict[str, Tar
 async def _ask(
     session: aiohttp.ClientSession, target: Target, question: str, stream: bool, max_tokens: int
 ) -> Sample:
-    body = {
-        "model": target.model,
-        "messages": [{"role": "user", "content": question}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": stream,
-        **target.extra_body,
-    }
+    body = request_body(target, stream=stream, max_tokens=max_tokens, question=question)
     return await send_one(session, target, body, lag_s=0.0)
 
 
@@ -222,7 +220,7 @@ def summarize(per_target: dict[str, list[Sample]]) -> dict[str, Any]:
                 [1000 * (s.ttft_s - b.ttft_s) for s, b in ttft_pairs]  # type: ignore[operator]
             ),
             "same_text_as_backend": sum(s.text == b.text for s, b in paired),
-            "tiers": _count(s.tier for s in samples if s.ok and s.tier),
+            "tiers": dict(Counter(s.tier for s in samples if s.ok and s.tier)),
             "self_reported_p50_ms": _median(
                 [s.self_reported_ms for s in samples if s.ok and s.self_reported_ms is not None]
             ),
@@ -232,13 +230,6 @@ def summarize(per_target: dict[str, list[Sample]]) -> dict[str, Any]:
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def _count(values: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -291,11 +282,11 @@ def run(options: RunOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gateway-real-") as tmp:
         log_dir = Path(tmp)
         port = local_stack.free_port()
+        config = stack_config(port, log_dir / "shard")
         config_path = log_dir / "stack.yaml"
-        config_path.write_text(yaml.safe_dump(stack_config(port, log_dir / "shard")))
+        config_path.write_text(yaml.safe_dump(config))
         stack_url = f"http://127.0.0.1:{port}"
-        small_model = yaml.safe_load(config_path.read_text())["applications"][0]["args"]
-        small_model = small_model["tiers"]["small"]["model_id"]
+        small_model = config["applications"][0]["args"]["tiers"]["small"]["model_id"]
         serve_run = local_stack.start(str(config_path), log_dir / "serve_run.log")
         # LiteLLM is started by the comparison's own Stacks, pointed at the tier front.
         litellm = Stacks(gateway_cpus=(0, 1), backend_cpus=(0, 1), pace=Pace(), log_dir=log_dir)
