@@ -36,7 +36,6 @@ from serve_app.protocol.openai_api import (
     parse_json_object,
     request_json_schema,
 )
-from serve_app.routing.placement import scores_in_ingress
 from serve_app.routing.router import ServedRouter
 from serve_app.tiers.availability import TierAvailability
 from serve_app.tiers.client import TierClient
@@ -117,11 +116,11 @@ class CascadeIngress:
         )
 
     def _router(self, handle: DeploymentHandle | None) -> DeploymentHandle | ServedRouter:
-        """The router deployment's handle, or, for a scorer cheaper than the hop to one, the
-        router itself, scoring in this replica (serve_app.routing.placement)."""
-        if scores_in_ingress(self.config.router):
+        """The router deployment's handle; without one (the builder binds none for a scorer
+        cheaper than the hop, serve_app.routing.placement), the router itself, scoring in this
+        replica."""
+        if handle is None:
             return ServedRouter(self.config.router, batched=False)
-        assert handle is not None, "the builder binds a router deployment for this scorer"
         return handle
 
     def _tier_availability(self, shared_app: str | None) -> TierAvailability | None:
