@@ -60,6 +60,13 @@ FAULTS: dict[str, Fault] = {
 }
 
 
+# Why a gateway has no replica of a helper to kill (its placement).
+_IN_THE_INGRESS = {
+    "router": " (its router scores in the ingress: router.placement)",
+    "semantic-cache": " (its cache looks up in the ingress: cache.placement)",
+}
+
+
 class NoReplicaToKill(LookupError):
     """The fault's deployment has no replica in this stack."""
 
@@ -142,11 +149,7 @@ def run_drill(
     if not replica_actor_names(fault.deployment, app):
         raise NoReplicaToKill(
             f"application {app!r} has no {fault.deployment!r} replica"
-            + (
-                " (its router scores in the ingress: router.placement)"
-                if fault_name == "router"
-                else ""
-            )
+            + _IN_THE_INGRESS.get(fault_name, "")
         )
     orphans_before = orphaned_engine_processes()
     outcomes: list[Outcome] = []

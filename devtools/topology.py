@@ -40,8 +40,9 @@ PRODUCTION_CONFIG = REPO_ROOT / "configs" / "production.yaml"
 LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 GATEWAY_NODE_TYPE = "cpu_serving"
 GPU_NODE_TYPES = ("gpu_small", "gpu_large")
-# The router scores in the ingress (serve_app.routing.placement): it has no deployment to place.
-GATEWAY_DEPLOYMENTS = ("ingress", "cache")
+# The router and the cache run in the ingress (serve_app.routing.placement,
+# serve_app.cache.placement): they have no deployment to place.
+GATEWAY_DEPLOYMENTS = ("ingress",)
 """The `args` blocks of the builder whose deployments run on CPU serving nodes."""
 # What Ray itself adds to a node with GPUs of a type (cluster.yaml adds finer labels).
 DETECTED_ACCELERATORS = {"gpu_small": "A10G", "gpu_large": "A100"}

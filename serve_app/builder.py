@@ -1,6 +1,6 @@
 """The one builder of the cascade's Ray Serve graph; `configs/*.yaml` point `import_path` here.
 
-Ingress ─┬─ SemanticCache   (Qdrant: embedded Edge shard or a Qdrant server)
+Ingress ─┬─ SemanticCache   (in the ingress where the store allows; else a deployment)
          ├─ Router          (a deployment for encoder scorers; cheap ones score in the ingress)
          ├─ llm-small       (Ray Serve LLM LLMServer over vLLM)
          └─ llm-large       (Ray Serve LLM LLMServer over vLLM)
@@ -14,6 +14,7 @@ from ray import serve
 from ray.serve.deployment import Application, Deployment
 
 from serve_app.cache.deployment import SemanticCache
+from serve_app.cache.placement import cache_placement
 from serve_app.config import CACHE_DEPLOYMENT, ROUTER_DEPLOYMENT, CascadeConfig
 from serve_app.gateway.ingress import CascadeIngress
 from serve_app.routing.placement import scores_in_ingress
@@ -48,9 +49,11 @@ def build_app(args: dict[str, Any]) -> Application:
     """Validate the `args:` block of a Serve config and bind the full cascade graph."""
     config = CascadeConfig.model_validate(args)
     if config.ingress.share_deployments_of:
-        # A second gateway: it finds the other application's tiers and cache when it starts,
-        # and routes by its own router config (a deployment of its own if it needs one).
-        return _ingress_deployment(config).bind(config.model_dump(), router=_router(config))
+        # A second gateway: it finds the other application's tiers (and cache, if it shares
+        # it) when it starts; its router and any cache of its own follow its own config.
+        return _ingress_deployment(config).bind(
+            config.model_dump(), router=_router(config), cache=_cache(config)
+        )
     return bind_cascade(
         config,
         small=build_tier_deployment("small", config.tiers["small"]),
@@ -70,19 +73,25 @@ def bind_cascade(config: CascadeConfig, *, small: Application, large: Applicatio
     """The ingress, cache and router in front of the given tier deployments: the LLMServers
     in the product; a benchmark binds stand-ins that answer like them
     (benchmarks/gateway_fake_backend.py)."""
-    helper = _HELPER_MAX_ONGOING_REQUESTS
-    cache = None
-    if config.cache.enabled:
-        cache_options = _options(config.cache.deployment_config, max_ongoing_requests=helper)
-        cache_deployment = serve.deployment(SemanticCache, name=CACHE_DEPLOYMENT, **cache_options)
-        cache = cache_deployment.bind(config.cache.model_dump())
     return _ingress_deployment(config).bind(
         config.model_dump(),
         small=small,
         large=large,
         router=_router(config),
-        cache=cache,
+        cache=_cache(config),
     )
+
+
+def _cache(config: CascadeConfig) -> Application | None:
+    """The cache deployment, or None when there is none of this application's own: the
+    ingress holds the cache, shares another application's, or has none
+    (serve_app.cache.placement)."""
+    if cache_placement(config) != "deployment":
+        return None
+    helper = _HELPER_MAX_ONGOING_REQUESTS
+    options = _options(config.cache.deployment_config, max_ongoing_requests=helper)
+    deployment = serve.deployment(SemanticCache, name=CACHE_DEPLOYMENT, **options)
+    return deployment.bind(config.cache.model_dump())
 
 
 def _router(config: CascadeConfig) -> Application | None:

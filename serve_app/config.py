@@ -134,7 +134,27 @@ class CacheConfig(StrictModel):
     cache_nondeterministic: bool = Field(
         default=False, description="Also cache requests with temperature > 0."
     )
+    placement: Literal["auto", "ingress", "deployment"] = Field(
+        default="auto",
+        description="Where lookups run (serve_app.cache.placement). `ingress`: in each ingress "
+        "replica, against the store itself: no deployment hop, whose Ray machinery costs more "
+        "CPU than the lookup (docs/benchmarks.md). An `edge` shard is owned by one process, so "
+        "with `edge` the ingress must be one fixed replica. `deployment`: a cache deployment "
+        "(`deployment_config`). `auto` (default): the ingress when the store allows it and no "
+        "`deployment_config` is set, else a deployment; a second gateway "
+        "(`ingress.share_deployments_of`) with an `edge` store uses the first application's "
+        "cache deployment. An explicit choice gives a second gateway a cache of its own.",
+    )
     deployment_config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _deployment_options_need_a_deployment(self) -> CacheConfig:
+        if self.placement == "ingress" and self.deployment_config:
+            raise ValueError(
+                "cache.deployment_config configures the cache deployment, and "
+                "cache.placement: ingress has none; drop one of them"
+            )
+        return self
 
 
 BUILTIN_ROUTER_PREFIX = "builtin://"
@@ -442,12 +462,12 @@ class IngressConfig(StrictModel):
     request_timeout_s: float = Field(default=120.0, gt=0)
     share_deployments_of: str | None = Field(
         default=None,
-        description="Name of another Serve application of this cascade whose tiers and cache "
-        "this ingress uses instead of starting its own: a second gateway (another auth mode, "
-        "keys or limits, e.g. a public API-key gateway beside an internal open one) in front "
-        "of the same engines. Its `tiers` and `cache` must match that application's. It "
-        "routes by its own `router` config (in its ingress, or a router deployment of its "
-        "own: `router.placement`).",
+        description="Name of another Serve application of this cascade whose tiers this "
+        "ingress uses instead of starting its own: a second gateway (another auth mode, keys or "
+        "limits, e.g. a public API-key gateway beside an internal open one) in front of the "
+        "same engines. Its `tiers` must match that application's. It routes by its own "
+        "`router` config (`router.placement`); its cache is that application's cache "
+        "deployment, the same Qdrant server, or one of its own (`cache.placement`).",
     )
     max_in_flight: int | None = Field(
         default=None,
@@ -490,6 +510,12 @@ class IngressConfig(StrictModel):
         return int(
             self.deployment_config.get("max_ongoing_requests", DEFAULT_INGRESS_MAX_ONGOING_REQUESTS)
         )
+
+    @property
+    def may_run_several_replicas(self) -> bool:
+        """Whether Serve may run more than one ingress replica (the builder's default is one)."""
+        options = self.deployment_config
+        return "autoscaling_config" in options or int(options.get("num_replicas", 1)) != 1
 
     @model_validator(mode="after")
     def _check_admission_below_replica_limit(self) -> IngressConfig:
@@ -644,6 +670,21 @@ class CascadeConfig(StrictModel):
         model_ids += list(self.router.aliases)
         if len(set(model_ids)) != len(model_ids):
             raise ValueError(f"model ids must be distinct, got {model_ids}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_owner_per_edge_shard(self) -> CascadeConfig:
+        if (
+            self.cache.enabled
+            and self.cache.placement == "ingress"
+            and self.cache.store == "edge"
+            and self.ingress.may_run_several_replicas
+        ):
+            raise ValueError(
+                "cache.placement: ingress with store: edge needs a single ingress replica (one "
+                "process owns an Edge shard); use store: qdrant to share one cache between "
+                "replicas, or cache.placement: deployment"
+            )
         return self
 
     def served_model_ids(self) -> list[str]:

@@ -40,17 +40,26 @@ API_KEYS: dict[str, tuple[str, dict[str, float]]] = {
 # engines hold 2048 tokens), so prompts between the two exercise routing by length.
 SHORT_SMALL_PREFIX = "/short-small"
 SHORT_SMALL_CONTEXT = 1024
-# The application whose router is a deployment (the short-small gateway's).
-ROUTER_DEPLOYMENT_APP = "cascade-short-small"
+# The application whose router and cache are deployments (the short-small gateway's).
+HELPER_DEPLOYMENTS_APP = "cascade-short-small"
 STARTUP_TIMEOUT_S = float(os.environ.get("CASCADE_STARTUP_TIMEOUT_S", "900"))
 ADMIN_TOKEN = os.environ.setdefault("CASCADE_ADMIN_TOKEN", "test-admin-token")
 
 
-def _api_key_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
-    """A second gateway at KEYS_PREFIX in `api_keys` mode, in front of the same deployments
-    (`ingress.share_deployments_of`): the auth tests use it, the rest use the open one."""
+def _own_cache(args: dict[str, Any], placement: str, shard: Path) -> None:
+    """A second gateway's own cache (the shipped first gateway's is in its ingress, where no
+    other gateway can reach it), in an Edge shard of its own."""
+    args["cache"]["placement"] = placement
+    args["cache"]["edge_path"] = str(shard)
+
+
+def _api_key_gateway(cascade: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
+    """A second gateway at KEYS_PREFIX in `api_keys` mode, in front of the same tiers
+    (`ingress.share_deployments_of`), its cache in its ingress as the shipped one: the auth
+    tests use it, the rest use the open one."""
     args = copy.deepcopy(cascade["args"])
     args["ingress"]["share_deployments_of"] = cascade["name"]
+    _own_cache(args, "ingress", stack_dir / "cache-shard-keys")
     args["auth"] = {
         "mode": "api_keys",
         "keys": [
@@ -66,13 +75,18 @@ def _api_key_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _short_small_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
-    """A gateway at SHORT_SMALL_PREFIX in front of the same deployments, whose view of the small
+def _short_small_gateway(cascade: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
+    """A gateway at SHORT_SMALL_PREFIX in front of the same tiers, whose view of the small
     tier's context is SHORT_SMALL_CONTEXT: production's shape (small 8k, large 16k) on engines
     that are alike. Only the gateway's routing reads it; the engines keep their own. Its router
-    runs in a deployment of its own (ROUTER_DEPLOYMENT_APP)."""
+    and its cache run in deployments of their own (HELPER_DEPLOYMENTS_APP)."""
     args = copy.deepcopy(cascade["args"])
     args["ingress"]["share_deployments_of"] = cascade["name"]
+    # The stack's one cache deployment: the shipped cache looks up in the ingress, and a cache
+    # deployment (an Edge cache behind a scaled ingress, serve_app.cache.placement) needs live
+    # tests too.
+    _own_cache(args, "deployment", stack_dir / "cache-shard-short-small")
+    args["cache"]["deployment_config"] = {"ray_actor_options": {"num_cpus": 0.01}}
     ingress_deployment = args["ingress"].setdefault("deployment_config", {})
     ingress_deployment["ray_actor_options"] = {"num_cpus": 0.01}  # the 2 cores are spoken for
     small = args["tiers"]["small"]
@@ -83,7 +97,7 @@ def _short_small_gateway(cascade: dict[str, Any]) -> dict[str, Any]:
     args["router"]["placement"] = "deployment"
     args["router"]["deployment_config"] = {"ray_actor_options": {"num_cpus": 0.01}}
     return {
-        "name": ROUTER_DEPLOYMENT_APP,
+        "name": HELPER_DEPLOYMENTS_APP,
         "route_prefix": SHORT_SMALL_PREFIX,
         "import_path": cascade["import_path"],
         "args": args,
@@ -100,8 +114,8 @@ def _config_with_fresh_cache(stack_dir: Path) -> Path:
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
     (cascade,) = config["applications"]
     cascade["args"].setdefault("cache", {})["edge_path"] = str(stack_dir / "cache-shard")
-    config["applications"].append(_api_key_gateway(cascade))
-    config["applications"].append(_short_small_gateway(cascade))
+    config["applications"].append(_api_key_gateway(cascade, stack_dir))
+    config["applications"].append(_short_small_gateway(cascade, stack_dir))
     path = stack_dir / "local.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

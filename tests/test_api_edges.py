@@ -4,7 +4,7 @@ A hung replica is alive but silent: SIGSTOP freezes the router's process, so Ser
 sees it die nor gets an answer from it, and only the ingress's router budget
 (`router.timeout_s`) keeps routed requests moving, decided by the ingress's own heuristic.
 The shipped router scores in the ingress; the stack's router deployment is the short-small
-gateway's (conftest.ROUTER_DEPLOYMENT_APP), as an encoder router would have.
+gateway's (conftest.HELPER_DEPLOYMENTS_APP), as an encoder router would have.
 
 `x-cascade-quality: relay` (a client may pick it on the local stack) relays a routed stream as
 the tier sends it; non-streamed answers are still judged. A relayed routed small-tier answer
@@ -24,7 +24,7 @@ import pytest
 
 from benchmarks.faults import stack_ray_address, wait_until
 from serve_app.config import ROUTER_DEPLOYMENT
-from tests.conftest import ROUTER_DEPLOYMENT_APP, SHORT_SMALL_PREFIX
+from tests.conftest import HELPER_DEPLOYMENTS_APP, SHORT_SMALL_PREFIX
 from tests.helpers import EMPTY_ANSWER, chat_body
 
 # Longer than the ingress's own deadline (120 s in configs/local.yaml, which starts after
@@ -73,7 +73,7 @@ def _router_processes(base_url: str) -> list[psutil.Process]:
     on the stack's own cluster, checked by their process title before anything touches them."""
     from ray.util.state import list_actors
 
-    class_name = f"ServeReplica:{ROUTER_DEPLOYMENT_APP}:{ROUTER_DEPLOYMENT}"
+    class_name = f"ServeReplica:{HELPER_DEPLOYMENTS_APP}:{ROUTER_DEPLOYMENT}"
     address = os.environ.get("RAY_ADDRESS") or stack_ray_address(base_url)
     filters = [("class_name", "=", class_name), ("state", "=", "ALIVE")]
     actors = list_actors(address=address, filters=filters, detail=True, limit=1000)

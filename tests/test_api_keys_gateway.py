@@ -1,5 +1,5 @@
 """`api_keys` mode through a real ingress: the test stack's second gateway (KEYS_PREFIX), in
-front of the same tiers, router and cache as the open one (`ingress.share_deployments_of`)."""
+front of the same tiers as the open one (`ingress.share_deployments_of`), with its own cache."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.fault_drill import DrillResult, NoReplicaToKill, run_drill
-from tests.conftest import ROUTER_DEPLOYMENT_APP, SHORT_SMALL_PREFIX
+from tests.conftest import HELPER_DEPLOYMENTS_APP, SHORT_SMALL_PREFIX
 
 pytestmark = pytest.mark.disruptive
 
@@ -28,8 +28,16 @@ def _drill(fault: str, url: str, duration_s: float, **app: str) -> tuple[DrillRe
     return result, summary
 
 
+def test_the_shipped_stack_has_no_cache_replica_to_lose(cascade_url: str) -> None:
+    """The shipped cache looks up in the ingress: the drill finds no cache replica to kill."""
+    with pytest.raises(NoReplicaToKill, match="looks up in the ingress"):
+        run_drill("semantic-cache", cascade_url, duration_s=1)
+
+
 def test_killed_cache_replica_fails_open(cascade_url: str) -> None:
-    result, summary = _drill("semantic-cache", cascade_url, duration_s=15)
+    """On the gateway whose cache is a deployment (an Edge cache behind a scaled ingress)."""
+    url = cascade_url + SHORT_SMALL_PREFIX
+    result, summary = _drill("semantic-cache", url, duration_s=15, app=HELPER_DEPLOYMENTS_APP)
     assert summary["success_rate"] == 1.0, summary["classes"]
     # The request that met the dead replica went on without the cache, and got its answer.
     first = summary["first_request_after_kill"]
@@ -55,7 +63,7 @@ def test_the_shipped_stack_has_no_router_replica_to_lose(cascade_url: str) -> No
 def test_killed_router_replica_routes_with_the_heuristic(cascade_url: str) -> None:
     """On the gateway whose router is a deployment (an encoder router's placement)."""
     url = cascade_url + SHORT_SMALL_PREFIX
-    result, summary = _drill("router", url, duration_s=15, app=ROUTER_DEPLOYMENT_APP)
+    result, summary = _drill("router", url, duration_s=15, app=HELPER_DEPLOYMENTS_APP)
     assert summary["success_rate"] == 1.0, summary["classes"]
     # Still routed (not failed over or pinned): the ingress's own heuristic took over.
     assert all(o.headers.get("x-cascade-route") for o in result.outcomes if o.ok)

@@ -28,8 +28,9 @@ LOCAL = REPO_ROOT / "configs" / "local.yaml"
 CLUSTER = REPO_ROOT / "cluster.yaml"
 RAYSERVICE = REPO_ROOT / "deploy" / "rayservice.yaml"
 RAYSERVICE_MIG = REPO_ROOT / "deploy" / "rayservice-mig.yaml"
-# The shipped router scores in the ingress: no router deployment (serve_app.routing.placement).
-DEPLOYMENTS = {"ingress", "semantic-cache", "llm-small", "llm-large"}
+# The shipped router scores in the ingress (serve_app.routing.placement), and the cache looks
+# up there too (serve_app.cache.placement): neither has a deployment.
+DEPLOYMENTS = {"ingress", "llm-small", "llm-large"}
 SPECULATIVE_BLOCK = re.compile(
     r"^(?P<indent> *)# speculative_config:\n(?:(?P=indent)#   .*\n)+", re.MULTILINE
 )
@@ -160,7 +161,7 @@ def test_tiers_autoscale_on_ongoing_requests_with_backpressure(production) -> No
 
 
 def test_cpu_deployments_autoscale_and_stay_on_on_demand_nodes(production) -> None:
-    for name in ("ingress", "semantic-cache"):
+    for name in ("ingress",):
         schema = _schema(production[name])
         assert schema["autoscaling_config"]["min_replicas"] >= 2
         # Only CPU serving nodes advertise it: GPU nodes keep their CPUs for the engines.
@@ -400,7 +401,8 @@ def test_deployments_a_config_leaves_unbounded_do_not_inherit_serves_limit_of_5(
     """Left out of a config, the ingress, cache and router still take as many requests at once
     as the ingress admits (Serve's default of 5 would queue the sixth in the proxy)."""
     args = _args(LOCAL)
-    args["router"]["placement"] = "deployment"  # the shipped router has none
+    # The shipped router and cache have none.
+    args["router"]["placement"] = args["cache"]["placement"] = "deployment"
     for section in ("ingress", "cache", "router"):
         args[section].get("deployment_config", {}).pop("max_ongoing_requests", None)
     built = _build(args)
@@ -437,3 +439,25 @@ def test_only_a_router_worth_a_hop_gets_a_deployment(offline_ray, tmp_path: Path
     encoder = copy.deepcopy(args)
     encoder["router"] = {"checkpoint": str(classifier)}
     assert "router" in _build(encoder)
+
+
+def test_the_cache_looks_up_in_the_ingress_where_its_store_allows(offline_ray) -> None:
+    """The shipped configs start no cache replica: each request's lookup and store skip a
+    deployment hop. An Edge shard belongs to one process, so an ingress that may scale out keeps
+    a cache deployment, as does a cache deployment the operator sized; a sharing gateway with an
+    Edge store uses the first application's."""
+    local = _args(LOCAL)
+    assert "semantic-cache" not in _build(local)
+    assert "semantic-cache" not in _build(_args(PRODUCTION))  # a Qdrant server, 2-8 ingresses
+
+    scaled = copy.deepcopy(local)
+    scaled["ingress"]["deployment_config"]["autoscaling_config"] = {"max_replicas": 2}
+    assert "semantic-cache" in _build(scaled)
+    sized = copy.deepcopy(local)
+    sized["cache"]["deployment_config"] = {"num_replicas": 1}
+    assert "semantic-cache" in _build(sized)
+
+    pinned_to_ingress = copy.deepcopy(scaled)
+    pinned_to_ingress["cache"]["placement"] = "ingress"
+    with pytest.raises(ValueError, match="single ingress replica"):
+        _build(pinned_to_ingress)

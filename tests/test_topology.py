@@ -26,7 +26,7 @@ from devtools import local_stack, topology
 pytestmark = pytest.mark.own_cluster
 
 TIERS = ("llm-small", "llm-large")
-GATEWAY = ("ingress", "semantic-cache")  # the shipped router scores in the ingress
+GATEWAY = ("ingress",)  # the shipped router and cache run in the ingress
 URL = f"http://127.0.0.1:{topology.DEFAULT_PORT}"
 # Past the ingress's request_timeout_s (120 s in configs/local.yaml): an answer or an error by then.
 CLIENT_TIMEOUT_S = 150

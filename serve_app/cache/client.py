@@ -14,6 +14,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.accounting.metrics import IngressMetrics
+from serve_app.cache.deployment import SemanticCache
 from serve_app.cache.keys import CacheKey, cache_key_for_request
 from serve_app.config import CacheConfig
 from serve_app.protocol.errors import DEPLOYMENT_CALL_FAILURES
@@ -41,10 +42,20 @@ def _client_opted_out(body: dict[str, Any], headers: Any) -> bool:
 
 
 class CacheClient:
-    def __init__(self, handle: DeploymentHandle, config: CacheConfig, metrics: IngressMetrics):
-        self.handle = handle
+    """The ingress's way to the cache: a cache deployment's handle, or the cache itself when it
+    runs in this replica (serve_app.cache.placement); both behave the same to the pipeline."""
+
+    def __init__(
+        self,
+        cache: DeploymentHandle | SemanticCache,
+        config: CacheConfig,
+        metrics: IngressMetrics,
+    ):
+        self.cache = cache
         self.config = config
         self.metrics = metrics
+        # Stores of the cache in this replica, held until done (fire and forget).
+        self._stores: set[asyncio.Future[bool]] = set()
 
     def ticket(
         self, body: dict[str, Any], kind: RequestKind, *, tenant: str, headers: Any
@@ -66,10 +77,12 @@ class CacheClient:
 
     async def lookup(self, ticket: CacheTicket) -> Any | None:
         """The cache replica's CacheLookup, or None when the cache failed or was too slow."""
+        cache = self.cache
+        call = cache.lookup(ticket.key) if isinstance(cache, SemanticCache) else None
         try:
-            return await asyncio.wait_for(
-                self.handle.lookup.remote(ticket.key), timeout=self.config.lookup_timeout_s
-            )
+            if call is None:
+                call = cache.lookup.remote(ticket.key)
+            return await asyncio.wait_for(call, timeout=self.config.lookup_timeout_s)
         except _CACHE_FAILURES as e:
             reason = "timeout" if isinstance(e, TimeoutError) else "unavailable"
             logger.warning("Cache lookup failed open (%s): %s", reason, type(e).__name__)
@@ -78,15 +91,22 @@ class CacheClient:
 
     def store(self, ticket: CacheTicket, answer: Answer, tier: str) -> None:
         # Fire and forget: the client never waits for, or fails on, a cache write.
-        self.handle.store.remote(
-            ticket.key,
-            answer_text=answer.text,
-            finish_reason=answer.finish_reason,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            tier=tier,
-            ttl_s=ticket.ttl_s,
-        )
+        fields = {
+            "answer_text": answer.text,
+            "finish_reason": answer.finish_reason,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "tier": tier,
+            "ttl_s": ticket.ttl_s,
+        }
+        if not isinstance(self.cache, SemanticCache):
+            self.cache.store.remote(ticket.key, **fields)
+            return
+        task = asyncio.ensure_future(self.cache.store(ticket.key, **fields))  # never raises
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
 
     async def invalidate(self, *, tenant: str | None, model: str | None) -> int:
-        return await self.handle.invalidate.remote(tenant=tenant, model=model)
+        if isinstance(self.cache, SemanticCache):
+            return await self.cache.invalidate(tenant=tenant, model=model)
+        return await self.cache.invalidate.remote(tenant=tenant, model=model)

@@ -17,6 +17,8 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.accounting.metrics import IngressMetrics
 from serve_app.cache.client import CacheClient
+from serve_app.cache.deployment import SemanticCache
+from serve_app.cache.placement import cache_placement
 from serve_app.config import (
     CACHE_DEPLOYMENT,
     TIER_NAMES,
@@ -96,12 +98,9 @@ class CascadeIngress:
         shared_app = self.config.ingress.share_deployments_of
         if shared_app:
             small, large = (_handle(tier_deployment_name(t), shared_app) for t in TIER_NAMES)
-            cache = _handle(CACHE_DEPLOYMENT, shared_app) if self.config.cache.enabled else None
         assert small is not None and large is not None
         metrics = IngressMetrics.create()
-        cache_client = None
-        if cache is not None and self.config.cache.enabled:
-            cache_client = CacheClient(cache, self.config.cache, metrics)
+        cache_client = self._cache_client(cache, shared_app, metrics)
         tiers: dict[TierName, TierClient] = {
             "small": TierClient(small, self.config.tiers["small"].model_id),
             "large": TierClient(large, self.config.tiers["large"].model_id),
@@ -114,6 +113,20 @@ class CascadeIngress:
             metrics=metrics,
             tier_availability=self._tier_availability(shared_app),
         )
+
+    def _cache_client(
+        self, handle: DeploymentHandle | None, shared_app: str | None, metrics: IngressMetrics
+    ) -> CacheClient | None:
+        """The way to this gateway's cache (serve_app.cache.placement): the handle of its cache
+        deployment, the shared application's, or the cache itself in this replica."""
+        placement = cache_placement(self.config)
+        cache: DeploymentHandle | SemanticCache | None = handle
+        if placement == "shared":
+            assert shared_app is not None
+            cache = _handle(CACHE_DEPLOYMENT, shared_app)
+        elif placement == "ingress":
+            cache = SemanticCache(self.config.cache)
+        return None if cache is None else CacheClient(cache, self.config.cache, metrics)
 
     def _router(self, handle: DeploymentHandle | None) -> DeploymentHandle | ServedRouter:
         """The router deployment's handle; without one (the builder binds none for a scorer
