@@ -18,7 +18,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from serve_app.accounting.metrics import CacheMetrics
 from serve_app.cache.embedder import (
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # Re-exported: the embedders used to live here.
 __all__ = ["Embedder", "EmbeddingError", "SentenceTransformerEmbedder", "SemanticCache"]
 
+_T = TypeVar("_T")
 LookupKind = Literal["exact", "semantic", "miss", "disabled", "error"]
 LOOKUP_KINDS: tuple[LookupKind, ...] = ("exact", "semantic", "miss", "disabled", "error")
 
@@ -73,6 +74,12 @@ class SemanticCache:
 
     `embedder`, `store` and `clock` default to what `config` describes and to wall time;
     tests pass other real ones (a shared embedder, a local-mode store, a fake clock).
+
+    `inline` runs a lookup's and a store's blocking work (~3 ms of CPU: embedding, search) in
+    the caller's event loop instead of a worker thread; the ingress holds its cache that way.
+    Handing ~3 ms to a thread and back cost more than the work itself there: the two threads
+    trade the GIL, each wait up to Python's 5 ms switch interval (gateway time on a miss p50
+    15.4 ms in a thread, 11.6-12.8 ms inline; docs/benchmarks.md).
     """
 
     def __init__(
@@ -82,7 +89,9 @@ class SemanticCache:
         embedder: Embedder | None = None,
         store: CacheStore | None = None,
         clock: Callable[[], float] = time.time,
+        inline: bool = False,
     ) -> None:
+        self._inline = inline
         self._config = (
             config if isinstance(config, CacheConfig) else CacheConfig.model_validate(config)
         )
@@ -107,7 +116,7 @@ class SemanticCache:
         if self._embedder is None or self._store is None:
             return self._finish_lookup(None, "disabled", started_s)
         try:
-            answer, kind = await asyncio.to_thread(self._lookup_blocking, key, self._clock())
+            answer, kind = await self._run(self._lookup_blocking, key, self._clock())
         except CacheError as e:
             logger.warning("Cache lookup failed, serving uncached: %s", e)
             return self._finish_lookup(None, "error", started_s)
@@ -190,7 +199,7 @@ class SemanticCache:
             expires_at_s=now_s + min(self._config.ttl_s, ttl_s or self._config.ttl_s),
         )
         try:
-            await asyncio.to_thread(self._store_blocking, entry)
+            await self._run(self._store_blocking, entry)
             if now_s - self._last_purge_s >= _PURGE_INTERVAL_S:
                 self._last_purge_s = now_s
                 await self.purge_expired()
@@ -202,6 +211,13 @@ class SemanticCache:
         self._counts["store_ok"] += 1
         self._metrics.stores.inc(tags={"outcome": "stored"})
         return True
+
+    async def _run(self, work: Callable[..., _T], *args: Any) -> _T:
+        """A lookup's or store's blocking part: inline in the ingress (`inline`), else in a
+        worker thread."""
+        if self._inline:
+            return work(*args)
+        return await asyncio.to_thread(work, *args)
 
     def _remember_vector(self, exact_key: str, vector: list[float]) -> None:
         self._recent_vectors[exact_key] = vector

@@ -125,7 +125,7 @@ class CascadeIngress:
             assert shared_app is not None
             cache = _handle(CACHE_DEPLOYMENT, shared_app)
         elif placement == "ingress":
-            cache = SemanticCache(self.config.cache)
+            cache = SemanticCache(self.config.cache, inline=True)
         return None if cache is None else CacheClient(cache, self.config.cache, metrics)
 
     def _router(self, handle: DeploymentHandle | None) -> DeploymentHandle | ServedRouter:
