@@ -76,7 +76,8 @@ class SemanticCache:
     tests pass other real ones (a shared embedder, a local-mode store, a fake clock).
 
     `inline` runs a lookup's and a store's blocking work (~3 ms of CPU: embedding, search) in
-    the caller's event loop instead of a worker thread; the ingress holds its cache that way.
+    the caller's event loop instead of a worker thread; the ingress holds an Edge cache that way
+    (a server store's network calls stay in a thread: they could stall the loop).
     Handing ~3 ms to a thread and back cost more than the work itself there: the two threads
     trade the GIL, each wait up to Python's 5 ms switch interval (gateway time on a miss p50
     15.4 ms in a thread, 11.6-12.8 ms inline; docs/benchmarks.md).

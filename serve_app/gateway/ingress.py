@@ -125,7 +125,10 @@ class CascadeIngress:
             assert shared_app is not None
             cache = _handle(CACHE_DEPLOYMENT, shared_app)
         elif placement == "ingress":
-            cache = SemanticCache(self.config.cache, inline=True)
+            # An Edge shard does no I/O: its lookups run inline. A Qdrant server's go to a
+            # thread, so a slow server holds up its lookups (until lookup_timeout_s), not the
+            # event loop and every request on it.
+            cache = SemanticCache(self.config.cache, inline=self.config.cache.store == "edge")
         return None if cache is None else CacheClient(cache, self.config.cache, metrics)
 
     def _router(self, handle: DeploymentHandle | None) -> DeploymentHandle | ServedRouter:
