@@ -72,6 +72,15 @@ class TierConfig(StrictModel):
         return self
 
 
+def _check_deployment_options(section: str, placement: str, options: dict[str, Any]) -> None:
+    """A helper placed in the ingress has no deployment for `deployment_config` to configure."""
+    if placement == "ingress" and options:
+        raise ValueError(
+            f"{section}.deployment_config configures the {section} deployment, and "
+            f"{section}.placement: ingress has none; drop one of them"
+        )
+
+
 class CacheConfig(StrictModel):
     """Semantic cache in front of the model tiers."""
 
@@ -149,11 +158,7 @@ class CacheConfig(StrictModel):
 
     @model_validator(mode="after")
     def _deployment_options_need_a_deployment(self) -> CacheConfig:
-        if self.placement == "ingress" and self.deployment_config:
-            raise ValueError(
-                "cache.deployment_config configures the cache deployment, and "
-                "cache.placement: ingress has none; drop one of them"
-            )
+        _check_deployment_options("cache", self.placement, self.deployment_config)
         return self
 
 
@@ -308,11 +313,7 @@ class RouterConfig(StrictModel):
 
     @model_validator(mode="after")
     def _deployment_options_need_a_deployment(self) -> RouterConfig:
-        if self.placement == "ingress" and self.deployment_config:
-            raise ValueError(
-                "router.deployment_config configures the router deployment, and "
-                "router.placement: ingress has none; drop one of them"
-            )
+        _check_deployment_options("router", self.placement, self.deployment_config)
         return self
 
     @model_validator(mode="after")

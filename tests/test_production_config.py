@@ -461,3 +461,14 @@ def test_the_cache_looks_up_in_the_ingress_where_its_store_allows(offline_ray) -
     pinned_to_ingress["cache"]["placement"] = "ingress"
     with pytest.raises(ValueError, match="single ingress replica"):
         _build(pinned_to_ingress)
+
+
+@pytest.mark.parametrize("section", ["cache", "router"])
+def test_sizing_a_deployment_the_ingress_replaces_is_refused(section: str) -> None:
+    """`placement: ingress` starts no deployment: sizing one anyway is a config error naming
+    both settings, not options silently ignored."""
+    args = copy.deepcopy(_args(LOCAL))
+    args[section]["placement"] = "ingress"
+    args[section]["deployment_config"] = {"num_replicas": 2}
+    with pytest.raises(ValueError, match=f"{section}.placement: ingress has none"):
+        CascadeConfig.model_validate(args)
