@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import pytest
 
 from devtools.models import prepare_source
+from serve_app.cache import edge_store
 from serve_app.cache.deployment import CacheLookup, SemanticCache
 from serve_app.cache.edge_store import EdgeCacheStore
 from serve_app.cache.embedder import Embedder, make_embedder
@@ -526,6 +530,45 @@ def test_default_edge_shard_keeps_answers_across_restart(
     monkeypatch.setenv("HOME", str(tmp_path))
     assert _found_after_restart(CacheConfig(store="edge"), embedder) == "semantic"
     assert any(tmp_path.rglob("*")), "the shard lives under the operator's home"
+
+
+def test_a_new_replica_waits_for_the_old_one_to_release_the_shard(
+    tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling update can start the new replica while the old one still drains: the new one
+    opens the shard once the old one lets go, with the old one's answers, instead of failing."""
+    caplog.set_level(logging.INFO, logger=edge_store.__name__)
+    old = EdgeCacheStore(str(tmp_path), embedder.dim)
+    cache = SemanticCache(CacheConfig(), embedder=embedder, store=old)
+    store_answer(cache, key_for(chat(QUESTION)))
+    opened: list[EdgeCacheStore] = []
+    replacement = threading.Thread(
+        target=lambda: opened.append(EdgeCacheStore(str(tmp_path), embedder.dim))
+    )
+    replacement.start()
+    # Until the new one has found the shard held (or given up).
+    while replacement.is_alive() and "is held" not in caplog.text:
+        time.sleep(0.01)
+    old.close()  # the old replica stops
+    replacement.join()
+    (new,) = opened
+    try:
+        found = SemanticCache(CacheConfig(), embedder=embedder, store=new)
+        assert lookup(found, key_for(chat(QUESTION))).kind == "exact"
+    finally:
+        new.close()
+
+
+def test_a_shard_held_past_the_wait_fails_with_the_lock_error(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(edge_store, "SHARD_RELEASE_WAIT_S", 0.0)
+    holder = EdgeCacheStore(str(tmp_path), embedder.dim)
+    try:
+        with pytest.raises(CacheStoreError, match="WouldBlock"):
+            EdgeCacheStore(str(tmp_path), embedder.dim)
+    finally:
+        holder.close()
 
 
 def test_edge_temp_shard_is_removed_on_close(embedder: Embedder) -> None:

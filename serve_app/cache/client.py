@@ -106,6 +106,12 @@ class CacheClient:
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
 
+    def close(self) -> None:
+        """Release a cache held in this replica (its Edge shard's lock, for the replica that
+        replaces this one); a cache deployment is not this replica's to close."""
+        if isinstance(self.cache, SemanticCache):
+            self.cache.close()
+
     async def invalidate(self, *, tenant: str | None, model: str | None) -> int:
         if isinstance(self.cache, SemanticCache):
             return await self.cache.invalidate(tenant=tenant, model=model)

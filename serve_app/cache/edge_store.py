@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
 from typing import Any
 
 from serve_app.cache.store import (
@@ -16,6 +18,14 @@ from serve_app.cache.store import (
     point_id,
     store_errors,
 )
+
+logger = logging.getLogger(__name__)
+
+# A replica replacing another on the same node (a rolling update, a restart) can start before
+# the old one, still draining its requests, lets go of the shard: wait that long for it rather
+# than fail the new replica. Serve's graceful shutdown drains for 20 s by default.
+SHARD_RELEASE_WAIT_S = 60.0
+_SHARD_POLL_S = 0.25
 
 # Nearest entries an Edge search fetches, so that a few expired ones (purged every few
 # minutes) in front of a live entry do not hide it.
@@ -33,17 +43,33 @@ class EdgeCacheStore:
         self._path = self._owned_dir or path
         os.makedirs(self._path, exist_ok=True)
         config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
-        # The pyo3 shard is driven from asyncio.to_thread workers; one lock serialises calls
-        # (each is ~1 ms) and makes close() safe against an in-flight query.
+        # The pyo3 shard is driven from worker threads (and inline by an ingress's cache); one
+        # lock serialises calls (each is ~1 ms) and makes close() safe against an in-flight query.
         self._lock = threading.Lock()
         try:
             # load() with a config creates an empty shard, or opens the existing one after
-            # checking its vector size; it fails if another process holds the shard.
-            self._shard: Any = qe.EdgeShard.load(self._path, config)
+            # checking its vector size; while another process holds the shard, it waits.
+            self._shard: Any = self._load_when_free(config)
             self._create_indexes()
         except Exception as e:
             self._remove_owned_dir()
             raise CacheStoreError(f"cannot open Qdrant Edge shard at {self._path}: {e}") from e
+
+    def _load_when_free(self, config: Any) -> Any:
+        """The shard, once no other process (or store) holds it; its lock's error after
+        SHARD_RELEASE_WAIT_S, any other error at once."""
+        deadline_s = time.monotonic() + SHARD_RELEASE_WAIT_S
+        waiting = False
+        while True:
+            try:
+                return self._qe.EdgeShard.load(self._path, config)
+            except Exception as e:  # qdrant_edge raises plain Exception; the lock says WouldBlock
+                if "WouldBlock" not in str(e) or time.monotonic() >= deadline_s:
+                    raise
+                if not waiting:
+                    logger.info("Edge shard %s is held (by an old replica?); waiting", self._path)
+                    waiting = True
+                time.sleep(_SHARD_POLL_S)
 
     def _create_indexes(self) -> None:
         qe = self._qe

@@ -139,6 +139,13 @@ class CascadeIngress:
             return ServedRouter(self.config.router, batched=False)
         return handle
 
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops a replica: a cache held here lets go of its shard
+        # as soon as this replica has drained, for the replica replacing it.
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None and pipeline.cache is not None:
+            pipeline.cache.close()
+
     def _tier_availability(self, shared_app: str | None) -> TierAvailability | None:
         watch_s = self.config.ingress.tier_watch_s
         if watch_s is None:
