@@ -171,7 +171,10 @@ async def _sweep(
     guard = [rejection_reason(pair.asked, pair.stored) for pair in pairs]
     points: list[SweepPoint] = []
     for verify, threshold in tqdm(settings, desc="threshold sweep", disable=not progress):
-        config = CacheConfig(similarity_threshold=threshold, verify_candidates=verify)
+        # A temporary shard (edge_path None): the default path is the operator's own cache.
+        config = CacheConfig(
+            similarity_threshold=threshold, verify_candidates=verify, edge_path=None
+        )
         hits = await _hits_under(config, pairs, embedder)
         outcomes = tuple(
             PairOutcome(pair=pair, cosine=cosine, guard_reason=reason, hit=hit)

@@ -119,3 +119,13 @@ def test_no_near_miss_pair_hits_at_the_configured_threshold(
         f"{len(served)} near-miss pair(s) served at threshold {DEFAULT_THRESHOLD}:\n"
         + "\n".join(served)
     )
+
+
+def test_the_pair_evaluation_leaves_the_operators_cache_alone(
+    pairs: list[Pair], embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep stores every pair set's questions: in a temporary shard, never in the default
+    `edge_path`, where the operator's `make run` keeps its answers (and may hold the shard)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    evaluate_pairs(pairs[:4], embedder, thresholds=[DEFAULT_THRESHOLD], verify_options=[True])
+    assert not any(tmp_path.rglob("*")), sorted(tmp_path.rglob("*"))
