@@ -96,6 +96,9 @@ def miniature_config(
         deployment = args.setdefault(part, {}).setdefault("deployment_config", {})
         options = deployment.setdefault("ray_actor_options", {})
         options["resources"] = dict(production_options["resources"])
+    # A shard of its own, removed with the stack: the default path holds the operator's cache
+    # (and `make run` may be holding it).
+    args.setdefault("cache", {})["edge_path"] = None
     for name, tier in args["tiers"].items():
         tier["placement_group_config"] = {
             **tier["placement_group_config"],
