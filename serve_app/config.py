@@ -673,13 +673,18 @@ class CascadeConfig(StrictModel):
             raise ValueError(f"model ids must be distinct, got {model_ids}")
         return self
 
+    @property
+    def edge_shard_behind_several_ingresses(self) -> bool:
+        """An Edge cache with an ingress Serve may scale out: one process owns an Edge shard,
+        so the ingress replicas cannot each hold it (serve_app.cache.placement)."""
+        return self.cache.store == "edge" and self.ingress.may_run_several_replicas
+
     @model_validator(mode="after")
     def _one_owner_per_edge_shard(self) -> CascadeConfig:
         if (
             self.cache.enabled
             and self.cache.placement == "ingress"
-            and self.cache.store == "edge"
-            and self.ingress.may_run_several_replicas
+            and self.edge_shard_behind_several_ingresses
         ):
             raise ValueError(
                 "cache.placement: ingress with store: edge needs a single ingress replica (one "

@@ -76,12 +76,12 @@ class CacheClient:
         return CacheTicket(key, ttl_s) if key is not None else None
 
     async def lookup(self, ticket: CacheTicket) -> Any | None:
-        """The cache replica's CacheLookup, or None when the cache failed or was too slow."""
-        cache = self.cache
-        call = cache.lookup(ticket.key) if isinstance(cache, SemanticCache) else None
+        """The cache's CacheLookup, or None when the cache failed or was too slow."""
         try:
-            if call is None:
-                call = cache.lookup.remote(ticket.key)
+            if isinstance(self.cache, SemanticCache):
+                call = self.cache.lookup(ticket.key)
+            else:
+                call = self.cache.lookup.remote(ticket.key)  # a dead deployment raises here
             return await asyncio.wait_for(call, timeout=self.config.lookup_timeout_s)
         except _CACHE_FAILURES as e:
             reason = "timeout" if isinstance(e, TimeoutError) else "unavailable"

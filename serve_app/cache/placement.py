@@ -32,6 +32,6 @@ def cache_placement(config: CascadeConfig) -> CachePlacement:
         return "shared"  # the first application owns the shard
     if cache.deployment_config:
         return "deployment"  # the operator sized a cache deployment
-    if cache.store == "edge" and config.ingress.may_run_several_replicas:
+    if config.edge_shard_behind_several_ingresses:
         return "deployment"
     return "ingress"
